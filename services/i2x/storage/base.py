@@ -1,0 +1,57 @@
+"""The artifact store interface. Two backends implement it: LocalStore and S3Store.
+
+Keys are '/'-separated strings (see keys.py). Every put is atomic: a reader sees the old
+object or the new one, never a partial one. Helpers for JSON and .npz sit on top of bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Store(ABC):
+    """Bytes in, bytes out, by key."""
+
+    url: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Raise i2x.core.errors.NotFound when the key does not exist."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys starting with `prefix`, sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key; deleting a missing key is not an error."""
+
+    # Typed helpers shared by every backend.
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=False).encode(), "application/json")
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def put_npz(self, key: str, **arrays: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        self.put_bytes(key, buffer.getvalue(), "application/octet-stream")
+
+    def get_npz(self, key: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+
+    def put_text(self, key: str, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.put_bytes(key, text.encode(), content_type)
