@@ -1,0 +1,28 @@
+"""Shared test set-up: one torch thread per process (the machine has 2 cores), outputs in test-output/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # client-only environments
+    pass
+
+OUTPUT_ROOT = Path(__file__).resolve().parent.parent / "test-output"
+
+
+@pytest.fixture
+def output_dir(request) -> Path:
+    """A folder kept after the test (screenshots, figures) under test-output/<test name>."""
+    path = OUTPUT_ROOT / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
