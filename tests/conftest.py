@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["s3server"]  # tests/s3server.py: moto S3 server + S3Store fixtures
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 

@@ -1,7 +1,8 @@
 """The artifact store interface. Two backends implement it: LocalStore and S3Store.
 
-Keys are '/'-separated strings (see keys.py). Every put is atomic: a reader sees the old
-object or the new one, never a partial one. Helpers for JSON and .npz sit on top of bytes.
+Keys are '/'-separated strings (see keys.py and check_key below). Every put is atomic: a
+reader sees the old object or the new one, never a partial one; putting the same bytes under
+the same key again changes nothing (idempotent). Helpers for JSON and .npz sit on top of bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,26 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+
+from i2x.core.errors import InvalidArgument
+
+
+def check_key(key: str) -> str:
+    """Return `key` when every backend can store it the same way, else raise InvalidArgument.
+
+    A key is '/'-separated segments, none empty, none '.' or '..', none starting with '.'
+    (LocalStore uses dot-files for its temporary writes), no backslash or NUL.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(f"unsafe key {key!r}: give a non-empty '/'-separated key", field="key")
+    bad = [part for part in key.split("/") if not part or part.startswith(".")]
+    if key.startswith("/") or bad or "\\" in key or "\x00" in key:
+        raise InvalidArgument(
+            f"unsafe key {key!r}: use '/'-separated parts that are non-empty, do not start with '.' "
+            "and contain no backslash (no absolute paths, no '..')",
+            field="key",
+        )
+    return key
 
 
 class Store(ABC):

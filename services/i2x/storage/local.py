@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from i2x.core.errors import InvalidArgument, NotFound
-from i2x.storage.base import Store
+from i2x.core.errors import NotFound
+from i2x.storage.base import Store, check_key
 
 
 class LocalStore(Store):
@@ -18,9 +18,7 @@ class LocalStore(Store):
 
     def path(self, key: str) -> Path:
         """The file behind a key; refuses keys that would leave the root."""
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise InvalidArgument(f"unsafe key {key!r}", field="key")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         target = self.path(key)
@@ -39,7 +37,7 @@ class LocalStore(Store):
         target = self.path(key)
         try:
             return target.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r} in {self.url}", field="key") from None
 
     def exists(self, key: str) -> bool:
@@ -47,8 +45,12 @@ class LocalStore(Store):
 
     def list(self, prefix: str) -> list[str]:
         keys = []
-        for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
+        # Walk only the folder the prefix names, not the whole store (jobs list often).
+        folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not folder.is_dir() or ".." in prefix.split("/"):
+            return []
+        for path in folder.rglob("*"):
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self.root).parts):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
