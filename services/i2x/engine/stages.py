@@ -8,13 +8,48 @@ follow docs/INTERNALS.md. The services wrap these in jobs; i2x.engine.pipeline c
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
+import numpy as np
+
+from i2x.core.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine.params import ClusterParams, ExplainParams, FinetuneParams, InterpretParams, PrototypeParams
-from i2x.storage import Store
+from i2x.storage import Store, run_key, step_name, validate_id  # noqa: F401  (run_key re-exported)
 
 Progress = Callable[..., None] | None
 
+
+# ---------------------------------------------------------------- keys and small helpers
+
+def _key(run_id: str, *parts: str) -> str:
+    return run_key(run_id, *parts)
+
+
+def checkpoint_key(run_id: str, step: int) -> str:
+    return _key(run_id, "checkpoints", f"{step_name(step)}.safetensors")
+
+
+def interpretation_key(run_id: str, step: int) -> str:
+    return _key(run_id, "interpretation", f"{step_name(step)}.npz")
+
+
+def _report(progress: Progress, done: int, total: int, message: str, artifact: str | None = None) -> None:
+    if progress is not None:
+        progress(done, total, message, artifact)
+
+
+def _check(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled by request")
+
+
+def _require(store: Store, key: str, what: str, stage: str) -> None:
+    if not store.exists(key):
+        raise FailedPrecondition(f"{what} is missing ({key}): run the {stage} stage first", field="run_id")
+
+
+# ---------------------------------------------------------------- runs
 
 def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: dict | None = None,
                explanation_fraction: float = 0.1, explanation_seed: int = 42, overwrite: bool = False) -> dict:
@@ -25,31 +60,282 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
     An existing run with the same specs is returned as it is; with other specs it is an error
     unless overwrite.
     """
-    raise NotImplementedError
+    from i2x.core.training import TrainConfig
+    from i2x.data import DatasetSpec, dataset_stats, explanation_indices, load_dataset
+    from i2x.models import ModelSpec, build_model, default_target_layer, resolve_layer
+
+    validate_id(run_id, "run_id")
+    if not 0.0 < float(explanation_fraction) <= 1.0:
+        raise InvalidArgument(f"must be in (0, 1], got {explanation_fraction}", field="explanation_fraction")
+    model_spec = ModelSpec.from_dict(model)
+    data_spec = DatasetSpec.from_dict(dataset)
+    train_config = TrainConfig.from_dict(train) if train is not None else None
+    wanted = {
+        "model": model_spec.to_dict(),
+        "dataset": data_spec.to_dict(),
+        "train": train_config.to_dict() if train_config else None,
+        "explanation": {"fraction": float(explanation_fraction), "seed": int(explanation_seed)},
+    }
+    run_json = _key(run_id, "run.json")
+    if store.exists(run_json) and not overwrite:
+        existing = store.get_json(run_json)
+        if all(existing.get(k) == v for k, v in wanted.items() if k != "explanation") and \
+                {k: existing["explanation"][k] for k in ("fraction", "seed")} == wanted["explanation"]:
+            return existing
+        raise FailedPrecondition(
+            f"run {run_id!r} exists with other settings; choose another run_id or pass overwrite", field="run_id")
+
+    splits = load_dataset(data_spec)
+    n_classes = len(splits.classes)
+    if model_spec.num_classes != n_classes:
+        raise InvalidArgument(
+            f"the model has {model_spec.num_classes} classes but the dataset has {n_classes} "
+            f"({', '.join(splits.classes[:12])}); set model.num_classes={n_classes}", field="model.num_classes")
+    channels = splits.train.images.shape[-1]
+    if model_spec.in_channels != channels:
+        raise InvalidArgument(
+            f"the model takes {model_spec.in_channels} channels but the images have {channels}; "
+            f"set model.in_channels={channels}", field="model.in_channels")
+    layer = model_spec.target_layer or default_target_layer(model_spec)
+    resolve_layer(build_model(model_spec), layer)  # a wrong layer fails now, not after training
+
+    indices = explanation_indices(len(splits.train.labels), explanation_fraction, explanation_seed)
+    labels = splits.train.labels[indices]
+    empty = [splits.classes[c] for c in range(n_classes) if not np.any(labels == c)]
+    if empty:
+        raise InvalidArgument(
+            f"classes {empty} have no sample in the explanation set ({len(indices)} samples); "
+            "raise explanation_fraction or use more data", field="explanation_fraction")
+    mean, std = dataset_stats(data_spec)
+    store.put_npz(_key(run_id, "data", "explanation.npz"), indices=indices.astype(np.int64),
+                  labels=labels.astype(np.int64), images=splits.train.images[indices])
+    record = {
+        "run_id": run_id,
+        "created": time.time(),
+        **wanted,
+        "classes": list(splits.classes),
+        "target_layer": layer,
+        "mean": [float(x) for x in np.atleast_1d(mean)],
+        "std": [float(x) for x in np.atleast_1d(std)],
+        "sizes": {"train": int(len(splits.train.labels)), "test": int(len(splits.test.labels)),
+                  "explanation": int(len(indices))},
+    }
+    record["explanation"]["size"] = int(len(indices))
+    store.put_json(run_json, record)
+    return record
 
 
 def get_run(store: Store, run_id: str) -> dict:
     """run.json of the run, with its checkpoint list; NotFound(field="run_id") when absent."""
-    raise NotImplementedError
+    validate_id(run_id, "run_id")
+    key = _key(run_id, "run.json")
+    if not store.exists(key):
+        raise NotFound(f"no run {run_id!r} in {store.url}", field="run_id")
+    record = store.get_json(key)
+    index = _key(run_id, "checkpoints", "index.json")
+    record["checkpoints"] = store.get_json(index)["checkpoints"] if store.exists(index) else []
+    return record
 
 
 def list_runs(store: Store) -> list[str]:
-    raise NotImplementedError
+    return sorted({key.split("/")[1] for key in store.list("runs/") if key.endswith("/run.json")})
+
+
+def list_checkpoints(store: Store, run_id: str) -> list[dict]:
+    index = _key(run_id, "checkpoints", "index.json")
+    get_run(store, run_id)
+    _require(store, index, "the checkpoint index", "training (or register)")
+    return store.get_json(index)["checkpoints"]
+
+
+class _RunContext:
+    """What the torch stages need about a run, built once per process and reused (cache)."""
+
+    def __init__(self, store: Store, run_id: str):
+        import torch
+
+        from i2x.data import DatasetSpec
+        from i2x.models import ModelSpec, build_model
+
+        self.record = get_run(store, run_id)
+        self.model_spec = ModelSpec.from_dict(self.record["model"])
+        self.dataset_spec = DatasetSpec.from_dict(self.record["dataset"])
+        self.classes = self.record["classes"]
+        self.mean, self.std = self.record["mean"], self.record["std"]
+        self.model = build_model(self.model_spec)
+        self.model.eval()
+        data = store.get_npz(_key(run_id, "data", "explanation.npz"))
+        self.labels = data["labels"]
+        self.images_uint8 = data["images"]
+        self.images = self.tensor(self.images_uint8)
+        self.torch = torch
+
+    def tensor(self, images: np.ndarray):
+        """uint8 NHWC -> normalized NCHW at the model's input size; done once per run."""
+        import torch.nn.functional as F
+
+        from i2x.data import to_tensor
+
+        x = to_tensor(images, self.mean, self.std)
+        size = self.model_spec.input_size
+        if size and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
+    def load(self, store: Store, run_id: str, step: int):
+        from i2x.models import checkpoint_from_bytes, load_weights
+
+        state, meta = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)))
+        load_weights(self.model, state)
+        self.model.eval()
+        return self.model
+
+
+def _context(store: Store, run_id: str, cache: dict | None) -> _RunContext:
+    if cache is None:
+        return _RunContext(store, run_id)
+    key = (store.url, run_id)
+    if key not in cache:
+        cache[key] = _RunContext(store, run_id)
+    return cache[key]
+
+
+def _evaluate_final(store: Store, run_id: str, model, record: dict) -> dict:
+    from i2x.data import DatasetSpec, load_dataset
+
+    splits = load_dataset(DatasetSpec.from_dict(record["dataset"]))
+    result = _evaluate_resized(model, splits.test, record)
+    store.put_npz(_key(run_id, "evaluation", "final.npz"), confusion=result["confusion"].astype(np.int64),
+                  predictions=np.asarray(result["predictions"], dtype=np.int64),
+                  labels=splits.test.labels.astype(np.int64))
+    return {"accuracy": float(result["accuracy"])}
+
+
+def _evaluate_resized(model, data, record: dict) -> dict:
+    """evaluate() on images brought to the model's input size."""
+    from i2x.core.training import evaluate
+
+    data = _resized_dataset(data, record)
+    return evaluate(model, data, mean=record["mean"], std=record["std"])
+
+
+def _resized_dataset(data, record: dict):
+    """Resize a dataset's images to the model's input size when they differ (e.g. MNIST for resnet50)."""
+    size = record["model"].get("input_size")
+    if not size or data.images.shape[1] == size:
+        return data
+    import torch
+    import torch.nn.functional as F
+
+    from i2x.data import ArrayDataset
+
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return ArrayDataset(images=images, labels=data.labels, classes=data.classes)
 
 
 def train_run(store: Store, run_id: str, *, progress: Progress = None, cancel=None) -> dict:
     """Train per run.json, writing checkpoints/<step>.safetensors as they come, then
-    checkpoints/index.json and evaluation/final.npz. Returns {"checkpoints": [...], "accuracy": ...}."""
-    raise NotImplementedError
+    evaluation/final.npz and checkpoints/index.json (last). Returns {"checkpoints": [...], "accuracy": ...}."""
+    from i2x.core.training import Checkpoint, TrainConfig, train
+    from i2x.data import DatasetSpec, load_dataset
+    from i2x.models import ModelSpec, build_model, checkpoint_to_bytes
+
+    record = get_run(store, run_id)
+    index_key = _key(run_id, "checkpoints", "index.json")
+    if store.exists(index_key):  # finished before: nothing to redo
+        return store.get_json(index_key)
+    if record.get("train") is None:
+        raise FailedPrecondition(f"run {run_id!r} was created without a train config; register checkpoints instead",
+                                 field="train")
+    config = TrainConfig.from_dict(record["train"])
+    splits = load_dataset(DatasetSpec.from_dict(record["dataset"]))
+    train_set = _resized_dataset(splits.train, record)
+    model = build_model(ModelSpec.from_dict(record["model"]))
+    saved: list[dict] = []
+
+    def on_checkpoint(ckpt: Checkpoint) -> None:
+        meta = {"step": ckpt.step, "epoch": ckpt.epoch, "seed": config.seed, "loss": ckpt.loss,
+                "accuracy": ckpt.accuracy, "arch": record["model"]["arch"]}
+        key = checkpoint_key(run_id, ckpt.step)
+        store.put_bytes(key, checkpoint_to_bytes(ckpt.state_dict, meta))
+        saved.append({**meta, "key": key})
+
+    train(model, train_set, config, mean=record["mean"], std=record["std"], on_checkpoint=on_checkpoint,
+          progress=progress, cancel=cancel)
+    summary = _evaluate_final(store, run_id, model, record)
+    index = {"checkpoints": saved, **summary}
+    store.put_json(index_key, index)
+    return index
 
 
 def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[int, bytes | str]]) -> dict:
     """Bring your own run: (step, safetensors bytes or an existing key in the store) pairs.
 
     Each is loaded into the run's model to check its architecture, then stored under the run.
-    Writes checkpoints/index.json and evaluation/final.npz (the last checkpoint on the test split).
+    Writes evaluation/final.npz (the last checkpoint on the test split) and checkpoints/index.json.
     """
-    raise NotImplementedError
+    from i2x.models import build_model, checkpoint_from_bytes, checkpoint_to_bytes, load_weights, ModelSpec
+
+    record = get_run(store, run_id)
+    model = build_model(ModelSpec.from_dict(record["model"]))
+    saved = []
+    items = sorted(((int(step), source) for step, source in checkpoints), key=lambda item: item[0])
+    if not items:
+        raise InvalidArgument("give at least one checkpoint", field="checkpoints")
+    steps = [step for step, _ in items]
+    if len(set(steps)) != len(steps) or min(steps) < 0:
+        raise InvalidArgument(f"steps must be distinct and >= 0, got {steps}", field="checkpoints.step")
+    for step, source in items:
+        data = store.get_bytes(source) if isinstance(source, str) else bytes(source)
+        try:
+            state, meta = checkpoint_from_bytes(data)
+        except InvalidArgument:
+            raise
+        except Exception as exc:  # noqa: BLE001  # not a safetensors file at all
+            raise InvalidArgument(f"checkpoint of step {step} is not a safetensors file: {exc}",
+                                  field="checkpoints") from None
+        load_weights(model, state)
+        meta = {**meta, "step": step, "arch": record["model"]["arch"]}
+        key = checkpoint_key(run_id, step)
+        store.put_bytes(key, checkpoint_to_bytes(state, meta))
+        saved.append({"step": step, "epoch": meta.get("epoch"), "loss": meta.get("loss"),
+                      "accuracy": meta.get("accuracy"), "key": key})
+    summary = _evaluate_final(store, run_id, model, record)
+    index = {"checkpoints": saved, **summary}
+    store.put_json(_key(run_id, "checkpoints", "index.json"), index)
+    return index
+
+
+# ---------------------------------------------------------------- interpretation (Eq. 1)
+
+def _target_args(params: InterpretParams, labels: np.ndarray, n_classes: int):
+    target = params.target
+    if target in ("predicted", "label"):
+        return target
+    try:
+        value = int(target)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{target!r} is not 'predicted', 'label' or a class index", field="target") from None
+    if not 0 <= value < n_classes:
+        raise InvalidArgument(f"class {value} is out of range 0..{n_classes - 1}", field="target")
+    return value
+
+
+def _interpretation_params(store: Store, run_id: str, params: InterpretParams, layer: str) -> None:
+    """Units of one run share one set of parameters: refuse to mix layers or targets."""
+    key = _key(run_id, "interpretation", "params.json")
+    wanted = {**params.to_dict(), "target_layer": layer}
+    wanted.pop("batch_size", None)
+    if store.exists(key):
+        existing = store.get_json(key)
+        if existing != wanted:
+            raise FailedPrecondition(
+                f"run {run_id!r} was interpreted with {existing}; interpret into a new run "
+                f"(register the same checkpoints) to use {wanted}", field="target_layer")
+    else:
+        store.put_json(key, wanted)
 
 
 def interpret_checkpoint(store: Store, run_id: str, step: int, params: InterpretParams,
@@ -60,7 +346,20 @@ def interpret_checkpoint(store: Store, run_id: str, step: int, params: Interpret
     caller keeps) holds the decoded images and the built model between calls, so a worker
     decodes the images once per run, not once per checkpoint.
     """
-    raise NotImplementedError
+    from i2x.core.saliency import GradCAM
+
+    key = interpretation_key(run_id, step)
+    if store.exists(key):
+        return key
+    ctx = _context(store, run_id, cache)
+    layer = params.target_layer or ctx.record["target_layer"]
+    model = ctx.load(store, run_id, step)
+    cam = GradCAM(model, layer, batch_size=params.batch_size)
+    result = cam(ctx.images, _target_args(params, ctx.labels, len(ctx.classes)), labels=ctx.labels)
+    store.put_npz(key, saliency=result.saliency.astype(np.float16),
+                  confidences=result.confidences.astype(np.float32),
+                  predictions=result.predictions.astype(np.int16))
+    return key
 
 
 def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progress: Progress = None, cancel=None,
@@ -68,36 +367,244 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
     """All checkpoints. map_units(steps) runs interpret_checkpoint for each step and yields the
     keys as units finish (the interpretation service passes a Ray fan-out); default: in-process.
     Writes interpretation/index.json last; returns it."""
-    raise NotImplementedError
+    checkpoints = list_checkpoints(store, run_id)
+    record = get_run(store, run_id)
+    layer = params.target_layer or record["target_layer"]
+    if params.batch_size < 1 or params.batch_size > 4096:
+        raise InvalidArgument(f"must be in 1..4096, got {params.batch_size}", field="batch_size")
+    _target_args(params, np.zeros(0), len(record["classes"]))
+    _interpretation_params(store, run_id, params, layer)
+    index_key = _key(run_id, "interpretation", "index.json")
+    if store.exists(index_key):
+        return store.get_json(index_key)
+    steps = [int(c["step"]) for c in checkpoints]
+    if map_units is None:
+        cache: dict = {}
 
+        def map_units(todo: list[int]) -> Iterable[str]:
+            for step in todo:
+                _check(cancel)
+                yield interpret_checkpoint(store, run_id, step, params, cache)
+
+    done = 0
+    _report(progress, 0, len(steps), "interpreting checkpoints")
+    for key in map_units(steps):
+        done += 1
+        _report(progress, done, len(steps), f"interpreted {key.rsplit('/', 1)[-1]}", key)
+        _check(cancel)
+    first = store.get_npz(interpretation_key(run_id, steps[0]))
+    index = {"target_layer": layer, "target": params.target, "steps": steps,
+             "saliency_shape": list(first["saliency"].shape), "num_classes": int(first["confidences"].shape[1]),
+             "units": [interpretation_key(run_id, s) for s in steps]}
+    store.put_json(index_key, index)
+    return index
+
+
+def load_interpretation(store: Store, run_id: str) -> dict[str, np.ndarray]:
+    """Stack the per-checkpoint units: saliency (T,N,h,w) float32, confidences (T,N,K), predictions (T,N), steps (T,)."""
+    index_key = _key(run_id, "interpretation", "index.json")
+    _require(store, index_key, "the interpretation", "interpretation")
+    index = store.get_json(index_key)
+    units = [store.get_npz(key) for key in index["units"]]
+    return {
+        "saliency": np.stack([u["saliency"] for u in units]).astype(np.float32),
+        "confidences": np.stack([u["confidences"] for u in units]).astype(np.float32),
+        "predictions": np.stack([u["predictions"] for u in units]).astype(np.int64),
+        "steps": np.asarray(index["steps"], dtype=np.int64),
+    }
+
+
+# ---------------------------------------------------------------- clustering (Eq. 3, Eq. 5)
 
 def extract_prototypes(store: Store, run_id: str, params: PrototypeParams, *, progress: Progress = None,
-                       cancel=None) -> dict:
+                       cancel=None, cache: dict | None = None) -> dict:
     """Eq. 3 on the final checkpoint's features: clustering/prototypes.npz. Returns a summary."""
-    raise NotImplementedError
+    from i2x.core.prototypes import PrototypeExtractor
+    from i2x.core.saliency import GradCAM
+
+    key = _key(run_id, "clustering", "prototypes.npz")
+    params_key = _key(run_id, "clustering", "prototypes.json")
+    if store.exists(key) and store.exists(params_key) and store.get_json(params_key)["params"] == params.to_dict():
+        return store.get_json(params_key)
+    checkpoints = list_checkpoints(store, run_id)
+    extractor = PrototypeExtractor(n_prototypes=params.n_prototypes, n_components=params.n_components,
+                                   max_fit_vectors=params.max_fit_vectors, random_state=params.random_state)
+    ctx = _context(store, run_id, cache)
+    interp_params = _key(run_id, "interpretation", "params.json")
+    layer = store.get_json(interp_params)["target_layer"] if store.exists(interp_params) else ctx.record["target_layer"]
+    final_step = int(checkpoints[-1]["step"])
+    _report(progress, 0, 2, f"features of the final checkpoint (step {final_step}) at {layer}")
+    model = ctx.load(store, run_id, final_step)
+    features = GradCAM(model, layer)(ctx.images, "predicted", return_features=True).features
+    _check(cancel)
+    _report(progress, 1, 2, f"PCA + KMeans into {params.n_prototypes} prototypes")
+    assignments = extractor.fit_transform(features)
+    store.put_npz(key, assignments=assignments.astype(np.int16),
+                  centroids=extractor.centroids_.astype(np.float32),
+                  pca_components=extractor.pca_.components_.astype(np.float32),
+                  pca_mean=extractor.pca_.mean_.astype(np.float32))
+    counts = np.bincount(assignments.ravel(), minlength=params.n_prototypes)
+    summary = {"params": params.to_dict(), "step": final_step, "target_layer": layer,
+               "feature_shape": list(features.shape), "positions_per_prototype": counts.tolist(), "key": key}
+    store.put_json(params_key, summary)
+    _report(progress, 2, 2, "prototypes written", key)
+    return summary
 
 
 def cluster_confidences(store: Store, run_id: str, params: ClusterParams, *, progress: Progress = None,
                         cancel=None) -> dict:
     """Eq. 5: HDBSCAN of the confidence changes per step: clustering/confidence_clusters.npz."""
-    raise NotImplementedError
+    from i2x.core.dynamics import ConfidenceClusterer, confidence_changes
 
+    key = _key(run_id, "clustering", "confidence_clusters.npz")
+    interp = load_interpretation(store, run_id)
+    steps = interp["steps"]
+    if len(steps) < 2:
+        raise FailedPrecondition(f"confidence changes need at least 2 checkpoints, the run has {len(steps)}",
+                                 field="run_id")
+    dp = confidence_changes(interp["confidences"])
+    clusterer = ConfidenceClusterer(min_cluster_size=params.min_cluster_size, min_samples=params.min_samples,
+                                    cluster_selection_epsilon=params.cluster_selection_epsilon)
+    labels = np.empty(dp.shape[:2], dtype=np.int32)
+    for t in range(dp.shape[0]):
+        _check(cancel)
+        labels[t] = clusterer.fit_predict(dp[t])
+        _report(progress, t + 1, dp.shape[0], f"HDBSCAN at step {int(steps[t])}")
+    store.put_npz(key, labels=labels, steps=steps[:-1])
+    n_clusters = [int(len(set(row.tolist()) - {-1})) for row in labels]
+    summary = {"params": params.to_dict(), "n_clusters": n_clusters,
+               "noise_fraction": float(np.mean(labels == -1)), "key": key}
+    store.put_json(_key(run_id, "clustering", "confidence_clusters.json"), summary)
+    return summary
+
+
+# ---------------------------------------------------------------- explanation (Eq. 4, 6-8, 2.6, 3.3-3.4)
 
 def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: Progress = None,
                 cancel=None) -> dict:
     """Eq. 4, 6-8 and the structured explanation: explanation/{intensity,mapping}.npz and
     explanation/explanation.json (returned)."""
-    raise NotImplementedError
+    from i2x.core.dynamics import fit_dynamics
+    from i2x.core.explain import build_explanation
+    from i2x.core.intensity import prototype_intensity
+
+    record = get_run(store, run_id)
+    _require(store, _key(run_id, "clustering", "prototypes.npz"), "the prototypes", "prototype (clustering)")
+    _require(store, _key(run_id, "clustering", "confidence_clusters.npz"), "the confidence clusters",
+             "confidence clustering")
+    if params.curation_scope not in ("all", "pair"):
+        raise InvalidArgument(f"must be 'all' or 'pair', got {params.curation_scope!r}", field="curation_scope")
+    interp = load_interpretation(store, run_id)
+    prototypes = store.get_npz(_key(run_id, "clustering", "prototypes.npz"))
+    clusters = store.get_npz(_key(run_id, "clustering", "confidence_clusters.npz"))
+    assignments = prototypes["assignments"].astype(np.int64)
+    n_prototypes = int(prototypes["centroids"].shape[0])
+    labels = store.get_npz(_key(run_id, "data", "explanation.npz"))["labels"]
+    confusion = store.get_npz(_key(run_id, "evaluation", "final.npz"))["confusion"]
+    if assignments.shape != interp["saliency"].shape[1:]:
+        raise FailedPrecondition(
+            f"prototype maps {assignments.shape} do not match the saliency maps {interp['saliency'].shape[1:]}: "
+            "extract prototypes at the interpreted layer", field="target_layer")
+
+    _report(progress, 0, 3, "prototype intensity (Eq. 4)")
+    intensity = prototype_intensity(interp["saliency"], assignments, n_prototypes)
+    store.put_npz(_key(run_id, "explanation", "intensity.npz"), intensity=intensity.astype(np.float32),
+                  steps=interp["steps"])
+    _check(cancel)
+    _report(progress, 1, 3, "cluster aggregates and ridge mapping (Eq. 6-8)")
+    dyn = fit_dynamics(interp["confidences"], intensity, interp["steps"], tau=params.tau, lam=params.lam,
+                       labels=clusters["labels"])
+    store.put_npz(_key(run_id, "explanation", "mapping.npz"), W=dyn.W.astype(np.float32),
+                  dP=np.asarray(dyn.dP, dtype=np.float32), dI=np.asarray(dyn.dI, dtype=np.float32),
+                  cluster_step=np.asarray(dyn.cluster_step, dtype=np.int64),
+                  cluster_label=np.asarray(dyn.cluster_label, dtype=np.int32),
+                  steps=np.asarray(dyn.steps, dtype=np.int64))
+    _check(cancel)
+    _report(progress, 2, 3, "structured explanation")
+    explanation = build_explanation(
+        classes=record["classes"], assignments=assignments, labels=labels, confidences=interp["confidences"],
+        W=dyn.W, steps=dyn.steps, confusion=confusion, n_prototypes=n_prototypes,
+        pair=tuple(params.pair) if params.pair else None, curation_scope=params.curation_scope,
+        tau=params.tau, lam=params.lam, **params.extra)
+    explanation["run_id"] = run_id
+    key = _key(run_id, "explanation", "explanation.json")
+    store.put_json(key, explanation)
+    _report(progress, 3, 3, "explanation written", key)
+    return explanation
+
+
+def get_explanation(store: Store, run_id: str) -> dict:
+    key = _key(run_id, "explanation", "explanation.json")
+    get_run(store, run_id)
+    _require(store, key, "the explanation", "explanation")
+    return store.get_json(key)
 
 
 def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope: str = "all",
                pair: list[int] | None = None) -> dict:
     """The curated set: explanation-set indices without `prototype` (default: the explanation's
     uncertain prototype). Writes curation/curated.npz; returns sizes and the key."""
-    raise NotImplementedError
+    from i2x.core.explain import curated_indices, presence
+
+    explanation = get_explanation(store, run_id)
+    if scope not in ("all", "pair"):
+        raise InvalidArgument(f"must be 'all' or 'pair', got {scope!r}", field="scope")
+    pair = list(pair) if pair else list(explanation["pair"]["classes"])
+    if prototype is None:
+        prototype = explanation["uncertain_prototype"]
+        if prototype is None:
+            raise FailedPrecondition("the explanation found no uncertain prototype; name one to curate with",
+                                     field="prototype")
+    prototypes = store.get_npz(_key(run_id, "clustering", "prototypes.npz"))
+    n_prototypes = int(prototypes["centroids"].shape[0])
+    if not 0 <= int(prototype) < n_prototypes:
+        raise InvalidArgument(f"prototype {prototype} is out of range 0..{n_prototypes - 1}", field="prototype")
+    data = store.get_npz(_key(run_id, "data", "explanation.npz"))
+    present = presence(prototypes["assignments"].astype(np.int64), n_prototypes)
+    kept = curated_indices(present, data["labels"], int(prototype), scope=scope, pair=tuple(pair))
+    key = _key(run_id, "curation", "curated.npz")
+    store.put_npz(key, indices=kept.astype(np.int64), train_indices=data["indices"][kept].astype(np.int64),
+                  prototype=np.int64(prototype), pair=np.asarray(pair, dtype=np.int64))
+    removed = np.setdiff1d(np.arange(len(data["labels"])), kept)
+    removed_per_class = np.bincount(data["labels"][removed], minlength=len(np.unique(data["labels"])))
+    return {"key": key, "prototype": int(prototype), "scope": scope, "pair": pair,
+            "size_before": int(len(data["labels"])), "size_after": int(len(kept)),
+            "removed_per_class": removed_per_class.tolist()}
 
 
 def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress: Progress = None,
                  cancel=None) -> dict:
     """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table."""
-    raise NotImplementedError
+    from i2x.core.finetune import PROTOCOLS, run_protocols, table_markdown
+    from i2x.data import ArrayDataset, DatasetSpec, load_dataset
+    from i2x.models import ModelSpec, build_model, checkpoint_from_bytes
+
+    record = get_run(store, run_id)
+    unknown = [p for p in params.protocols if p not in PROTOCOLS]
+    if unknown or not params.protocols:
+        raise InvalidArgument(f"unknown protocols {unknown}; choose from {list(PROTOCOLS)}", field="protocols")
+    if not 1 <= params.repeats <= 100:
+        raise InvalidArgument(f"must be in 1..100, got {params.repeats}", field="repeats")
+    curated_key = _key(run_id, "curation", "curated.npz")
+    if not store.exists(curated_key):
+        curate_run(store, run_id)
+    curated = store.get_npz(curated_key)
+    data = store.get_npz(_key(run_id, "data", "explanation.npz"))
+    classes = record["classes"]
+    full = _resized_dataset(ArrayDataset(images=data["images"], labels=data["labels"], classes=classes), record)
+    kept = curated["indices"]
+    curated_set = ArrayDataset(images=full.images[kept], labels=full.labels[kept], classes=classes)
+    test = _resized_dataset(load_dataset(DatasetSpec.from_dict(record["dataset"])).test, record)
+    final_step = list_checkpoints(store, run_id)[-1]["step"]
+    state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, final_step)))
+    spec = ModelSpec.from_dict(record["model"])
+    pair = tuple(int(c) for c in curated["pair"])
+    kwargs = {k: v for k, v in (("lr", params.lr), ("batch_size", params.batch_size)) if v is not None}
+    table = run_protocols(lambda: build_model(spec), state, full, curated_set, test, pair,
+                          mean=record["mean"], std=record["std"], protocols=tuple(params.protocols),
+                          repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel, **kwargs)
+    table["prototype"] = int(curated["prototype"])
+    table["sizes"] = {"full": int(len(full.labels)), "curated": int(len(kept))}
+    store.put_json(_key(run_id, "finetune", "table.json"), table)
+    store.put_text(_key(run_id, "finetune", "table.md"), table_markdown(table, classes), "text/markdown")
+    return table
