@@ -1,0 +1,24 @@
+from i2x.v1 import common_pb2 as _common_pb2
+from i2x.v1 import jobs_pb2 as _jobs_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StartPrototypesRequest(_message.Message):
+    __slots__ = ("run_id", "params")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    params: _common_pb2.PrototypeParams
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.PrototypeParams, _Mapping]] = ...) -> None: ...
+
+class StartConfidenceClusteringRequest(_message.Message):
+    __slots__ = ("run_id", "params")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    params: _common_pb2.ClusterParams
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.ClusterParams, _Mapping]] = ...) -> None: ...

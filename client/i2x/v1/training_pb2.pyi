@@ -1,0 +1,139 @@
+from i2x.v1 import common_pb2 as _common_pb2
+from i2x.v1 import jobs_pb2 as _jobs_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateRunRequest(_message.Message):
+    __slots__ = ("run_id", "model", "dataset", "train", "explanation_fraction", "explanation_seed", "overwrite")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_SEED_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    model: _common_pb2.ModelSpec
+    dataset: _common_pb2.DatasetSpec
+    train: _common_pb2.TrainConfig
+    explanation_fraction: float
+    explanation_seed: int
+    overwrite: bool
+    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., explanation_fraction: _Optional[float] = ..., explanation_seed: _Optional[int] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+
+class StartTrainingRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class CheckpointRef(_message.Message):
+    __slots__ = ("step", "key")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    key: str
+    def __init__(self, step: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
+
+class RegisterCheckpointsRequest(_message.Message):
+    __slots__ = ("run_id", "checkpoints")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointRef]
+    def __init__(self, run_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("run_ids",)
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartFinetuneRequest(_message.Message):
+    __slots__ = ("run_id", "params")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    params: _common_pb2.FinetuneParams
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.FinetuneParams, _Mapping]] = ...) -> None: ...
+
+class GetFinetuneTableRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class MeanStd(_message.Message):
+    __slots__ = ("mean", "std")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    std: float
+    def __init__(self, mean: _Optional[float] = ..., std: _Optional[float] = ...) -> None: ...
+
+class FinetuneRow(_message.Message):
+    __slots__ = ("protocol", "accuracy", "a_to_b", "b_to_a", "sum", "repeats")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    A_TO_B_FIELD_NUMBER: _ClassVar[int]
+    B_TO_A_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    accuracy: MeanStd
+    a_to_b: MeanStd
+    b_to_a: MeanStd
+    sum: MeanStd
+    repeats: int
+    def __init__(self, protocol: _Optional[str] = ..., accuracy: _Optional[_Union[MeanStd, _Mapping]] = ..., a_to_b: _Optional[_Union[MeanStd, _Mapping]] = ..., b_to_a: _Optional[_Union[MeanStd, _Mapping]] = ..., sum: _Optional[_Union[MeanStd, _Mapping]] = ..., repeats: _Optional[int] = ...) -> None: ...
+
+class FinetuneTable(_message.Message):
+    __slots__ = ("run_id", "class_a", "class_b", "rows", "key", "markdown_key")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_A_FIELD_NUMBER: _ClassVar[int]
+    CLASS_B_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MARKDOWN_KEY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    class_a: int
+    class_b: int
+    rows: _containers.RepeatedCompositeFieldContainer[FinetuneRow]
+    key: str
+    markdown_key: str
+    def __init__(self, run_id: _Optional[str] = ..., class_a: _Optional[int] = ..., class_b: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[FinetuneRow, _Mapping]]] = ..., key: _Optional[str] = ..., markdown_key: _Optional[str] = ...) -> None: ...
+
+class GetEvaluationRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("run_id", "accuracy", "num_classes", "confusion", "key")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    accuracy: float
+    num_classes: int
+    confusion: _containers.RepeatedScalarFieldContainer[int]
+    key: str
+    def __init__(self, run_id: _Optional[str] = ..., accuracy: _Optional[float] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., key: _Optional[str] = ...) -> None: ...
