@@ -73,7 +73,7 @@ class DatasetSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., root: _Optional[str] = ..., image_size: _Optional[int] = ..., test_fraction: _Optional[float] = ..., split_seed: _Optional[int] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("preset", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "checkpoint_every", "seed", "device")
+    __slots__ = ("preset", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "checkpoint_every", "seed", "device", "include_initial")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class TrainConfig(_message.Message):
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INITIAL_FIELD_NUMBER: _ClassVar[int]
     preset: str
     epochs: int
     batch_size: int
@@ -96,7 +97,8 @@ class TrainConfig(_message.Message):
     checkpoint_every: int
     seed: int
     device: str
-    def __init__(self, preset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    include_initial: bool
+    def __init__(self, preset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., include_initial: _Optional[bool] = ...) -> None: ...
 
 class InterpretParams(_message.Message):
     __slots__ = ("target_layer", "target_mode", "target_class", "batch_size")
