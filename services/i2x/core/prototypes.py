@@ -63,6 +63,7 @@ class PrototypeExtractor:
         *,
         n_init: int = 3,
         minibatch_threshold: int = 100_000,
+        svd_solver: str = "auto",
     ):
         self.n_prototypes = n_prototypes
         self.n_components = n_components
@@ -71,6 +72,7 @@ class PrototypeExtractor:
         self.random_state = random_state
         self.n_init = n_init
         self.minibatch_threshold = minibatch_threshold
+        self.svd_solver = svd_solver
 
     # -- validation -------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -116,7 +118,12 @@ class PrototypeExtractor:
         sample = np.asarray(flat[sample_idx], dtype=np.float32)
         _check_finite(sample, 0)
         self.n_components_ = int(min(self.n_components, d, n_sample))
-        self.pca_ = PCA(n_components=self.n_components_, random_state=self.random_state)
+        # With more vectors than dims, the d x d covariance route needs no centred copy of the
+        # sample (0.8 GB less at 100k x 2048) and is faster than the randomized SVD.
+        solver = self.svd_solver
+        if solver == "auto":
+            solver = "covariance_eigh" if n_sample >= d else "auto"
+        self.pca_ = PCA(n_components=self.n_components_, svd_solver=solver, random_state=self.random_state)
         self.pca_.fit(sample)
         del sample
         self.n_features_in_ = d
