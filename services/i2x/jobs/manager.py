@@ -1,0 +1,455 @@
+"""Jobs: long work run in worker threads, its state kept in the store so a restart finds it.
+
+A record lives at `jobs/<service>/<job_id>.json`. It is written on every state change, on
+every progress event that names an artifact, and otherwise at most every PROGRESS_WRITE_SECONDS
+(a job with thousands of units must not write thousands of records). Watchers get every
+progress event in memory, bridged from worker threads to their asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from i2x.core.errors import Cancelled, FailedPrecondition, I2XError, InvalidArgument, NotFound
+from i2x.storage.base import Store
+from i2x.storage.keys import validate_id
+
+log = logging.getLogger(__name__)
+
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+PROGRESS_WRITE_SECONDS = 0.5
+# How often watch()/wait() re-read a record this process does not run (another replica's job).
+POLL_SECONDS = 1.0
+
+JobFunction = Callable[["JobContext"], "dict | None"]
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    service: str
+    kind: str
+    run_id: str
+    state: str = "QUEUED"
+    progress_done: int = 0
+    progress_total: int = 0
+    message: str = ""
+    error: str = ""
+    error_code: str = ""
+    result: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+    artifacts: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def copy(self) -> "JobRecord":
+        return JobRecord.from_dict(json.loads(json.dumps(self.to_dict())))
+
+
+@dataclass
+class JobEvent:
+    job_id: str
+    state: str
+    done: int
+    total: int
+    message: str
+    artifact: str | None
+    time: float
+
+
+class JobContext:
+    """What a job function sees: its ids and params, progress reporting and cancellation."""
+
+    def __init__(self, manager: "JobManager", record: JobRecord):
+        self._manager = manager
+        self.job_id = record.job_id
+        self.run_id = record.run_id
+        self.kind = record.kind
+        self.params = dict(record.params)
+        self.cancel_event = threading.Event()
+        self._cancel_hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+        self.interrupted = False  # set by shutdown(interrupt=True): leave the job for recovery
+
+    def progress(self, done: int, total: int, message: str = "", artifact: str | None = None) -> None:
+        self._manager._progress(self.job_id, int(done), int(total), message, artifact)
+
+    def check_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled("the job was cancelled", field="job_id")
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the job is cancelled (at once if it already is), e.g. ray.cancel of refs."""
+        with self._hooks_lock:
+            if not self.cancel_event.is_set():
+                self._cancel_hooks.append(callback)
+                return
+        _run_hook(self.job_id, callback)
+
+    def _cancel(self) -> None:
+        with self._hooks_lock:
+            self.cancel_event.set()
+            hooks, self._cancel_hooks = self._cancel_hooks, []
+        for hook in hooks:
+            _run_hook(self.job_id, hook)
+
+
+def _run_hook(job_id: str, hook: Callable[[], None]) -> None:
+    try:
+        hook()
+    except Exception:  # a failing hook must not stop the others or the cancel itself
+        log.exception("cancel hook of job %s failed", job_id)
+
+
+class JobManager:
+    def __init__(self, store: Store, service: str, *, max_workers: int = 2,
+                 job_id_factory: Callable[[], str] | None = None):
+        self.store = store
+        self.service = validate_id(service, "service")
+        if int(max_workers) < 1:
+            raise InvalidArgument(f"max_workers is {max_workers}; give at least 1", field="max_workers")
+        self._executor = ThreadPoolExecutor(max_workers=int(max_workers),
+                                            thread_name_prefix=f"i2x-job-{service}")
+        self._new_id = job_id_factory or (lambda: uuid.uuid4().hex)
+        self._lock = threading.RLock()
+        self._records: dict[str, JobRecord] = {}    # jobs this process runs (or ran)
+        self._contexts: dict[str, JobContext] = {}
+        self._futures: dict[str, Future] = {}
+        self._finished: dict[str, threading.Event] = {}
+        self._watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+        self._write_locks: dict[str, threading.Lock] = {}
+        self._last_write: dict[str, float] = {}
+        self._closed = False
+
+    # -- keys and persistence ------------------------------------------------------------------
+    def key(self, job_id: str) -> str:
+        return f"jobs/{self.service}/{job_id}.json"
+
+    def _write(self, job_id: str) -> None:
+        """Persist the latest state; the per-job lock keeps an older snapshot from landing last."""
+        with self._write_locks[job_id]:
+            with self._lock:
+                snapshot = self._records[job_id].to_dict()
+                self._last_write[job_id] = time.monotonic()
+            try:
+                self.store.put_json(self.key(job_id), snapshot)
+            except I2XError:
+                # A store outage must not kill the job; the next write carries the state.
+                log.exception("could not write job record %s", job_id)
+
+    def _load(self, job_id: str) -> JobRecord:
+        try:
+            return JobRecord.from_dict(self.store.get_json(self.key(job_id)))
+        except NotFound:
+            raise NotFound(f"no job {job_id!r} in service {self.service!r}", field="job_id") from None
+
+    # -- public API ----------------------------------------------------------------------------
+    def submit(self, kind: str, run_id: str, params: dict, fn: JobFunction) -> JobRecord:
+        validate_id(kind, "kind")
+        if run_id:
+            validate_id(run_id, "run_id")
+        params = dict(params or {})
+        try:
+            json.dumps(params)
+        except (TypeError, ValueError) as error:
+            raise InvalidArgument(f"job parameters must be JSON values: {error}", field="params") from None
+        if self._closed:
+            raise FailedPrecondition("the service is shutting down; submit the job again later",
+                                     field="job")
+        now = time.time()
+        job_id = validate_id(self._new_id(), "job_id")
+        record = JobRecord(job_id=job_id, service=self.service, kind=kind, run_id=run_id or "",
+                           state="QUEUED", params=params, created=now, updated=now, message="queued")
+        with self._lock:
+            if job_id in self._records or self.store.exists(self.key(job_id)):
+                raise FailedPrecondition(f"job id {job_id!r} is taken; the id factory must give new ids",
+                                         field="job_id")
+        queued = record.copy()  # the state as submitted; the worker may already be changing it
+        self._start(record, fn)
+        return queued
+
+    def get(self, job_id: str) -> JobRecord:
+        validate_id(job_id, "job_id")
+        with self._lock:
+            if job_id in self._records:
+                return self._records[job_id].copy()
+        return self._load(job_id)
+
+    def list(self, *, run_id: str | None = None, kind: str | None = None,
+             states: Iterable[str] | None = None) -> list[JobRecord]:
+        wanted = set(states or ())
+        unknown = wanted - set(JOB_STATES)
+        if unknown:
+            raise InvalidArgument(f"unknown job states {sorted(unknown)}; use some of {list(JOB_STATES)}",
+                                  field="states")
+        records = {}
+        for key in self.store.list(f"jobs/{self.service}/"):
+            job_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+            try:
+                records[job_id] = self.get(job_id)
+            except (NotFound, InvalidArgument, ValueError, TypeError):
+                log.warning("skipping unreadable job record %s", key)
+        with self._lock:  # jobs whose first write failed are still ours
+            for job_id, record in self._records.items():
+                records.setdefault(job_id, record.copy())
+        selected = [r for r in records.values()
+                    if (run_id is None or r.run_id == run_id) and (kind is None or r.kind == kind)
+                    and (not wanted or r.state in wanted)]
+        return sorted(selected, key=lambda r: (r.created, r.job_id))
+
+    def cancel(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        if record.finished:
+            raise FailedPrecondition(f"job {job_id!r} already finished ({record.state}); nothing to cancel",
+                                     field="job_id")
+        with self._lock:
+            context = self._contexts.get(job_id)
+            future = self._futures.get(job_id)
+        if context is None:
+            # Not run by this process (a previous one died and nobody recovered it): close it here.
+            record.state, record.message, record.updated = "CANCELLED", "cancelled", time.time()
+            self.store.put_json(self.key(job_id), record.to_dict())
+            return record
+        context._cancel()
+        if future is not None and future.cancel():
+            # Still waiting for a worker: it will never start.
+            self._finish(job_id, "CANCELLED", message="cancelled before it started")
+        else:
+            self._update(job_id, message="cancel requested")
+        return self.get(job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The current state, then every progress event, until a terminal state."""
+        validate_id(job_id, "job_id")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        entry = (loop, queue)
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is not None:
+                # Registered under the same lock that orders updates: nothing lost, nothing twice.
+                first = _event(record, None)
+                if not record.finished:
+                    self._watchers.setdefault(job_id, []).append(entry)
+        if record is None:
+            async for event in self._poll_foreign(job_id):
+                yield event
+            return
+        try:
+            yield first
+            if first.state in TERMINAL_STATES:
+                return
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+                if event.state in TERMINAL_STATES:
+                    return
+        finally:
+            with self._lock:
+                watchers = self._watchers.get(job_id, [])
+                if entry in watchers:
+                    watchers.remove(entry)
+
+    async def _poll_foreign(self, job_id: str) -> AsyncIterator[JobEvent]:
+        last = None
+        while True:
+            record = await asyncio.to_thread(self.get, job_id)
+            event = _event(record, None)
+            key = (event.state, event.done, event.total, event.message)
+            if key != last:
+                last = key
+                yield event
+            if record.finished:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """The record once finished, or as it stands when `timeout` seconds have passed."""
+        validate_id(job_id, "job_id")
+        with self._lock:
+            done = self._finished.get(job_id)
+        if done is not None:
+            done.wait(timeout)
+            return self.get(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get(job_id)
+            if record.finished or (deadline is not None and time.monotonic() >= deadline):
+                return record
+            time.sleep(POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+
+    def recover(self, resumable: Callable[[JobRecord], JobFunction | None]) -> list[str]:
+        """Take over unfinished jobs a previous process left: re-run when `resumable` gives a function."""
+        handled = []
+        for record in self.list(states=("QUEUED", "RUNNING")):
+            with self._lock:
+                if record.job_id in self._records:
+                    continue  # ours, alive
+            try:
+                fn = resumable(record)
+            except Exception as error:  # a bad record must not stop recovery of the others
+                log.exception("cannot resume job %s", record.job_id)
+                fn, reason = None, f"could not resume after a restart: {_one_line(error)}"
+            else:
+                reason = "the service restarted before the job finished; submit it again"
+            if fn is None:
+                record.state, record.error, record.error_code = "FAILED", reason, "ABORTED"
+                record.message, record.updated = "service restarted", time.time()
+                self.store.put_json(self.key(record.job_id), record.to_dict())
+            else:
+                record.state, record.message, record.updated = "QUEUED", "resumed after a restart", time.time()
+                self._start(record, fn)
+            handled.append(record.job_id)
+        return handled
+
+    def shutdown(self, wait: bool = True, *, interrupt: bool = False) -> None:
+        """Stop taking jobs. Queued jobs stay QUEUED in the store for the next process to recover.
+
+        interrupt=True also asks running jobs to stop (their cancel event is set); they are left
+        QUEUED with "interrupted by shutdown", so recover() resumes them, instead of CANCELLED.
+        """
+        self._closed = True
+        with self._lock:
+            contexts = [c for j, c in self._contexts.items() if not self._records[j].finished]
+        if interrupt:
+            for context in contexts:
+                context.interrupted = True
+                context._cancel()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    # -- running -------------------------------------------------------------------------------
+    def _start(self, record: JobRecord, fn: JobFunction) -> None:
+        job_id = record.job_id
+        with self._lock:
+            self._records[job_id] = record
+            self._contexts[job_id] = JobContext(self, record)
+            self._finished[job_id] = threading.Event()
+            self._write_locks[job_id] = threading.Lock()
+        self._write(job_id)
+        future = self._executor.submit(self._run, job_id, fn)
+        with self._lock:
+            self._futures[job_id] = future
+
+    def _run(self, job_id: str, fn: JobFunction) -> None:
+        context = self._contexts[job_id]
+        if context.cancel_event.is_set():
+            self._finish(job_id, "CANCELLED", message="cancelled before it started")
+            return
+        self._update(job_id, state="RUNNING", message="running")
+        try:
+            result = fn(context) or {}
+            if not isinstance(result, dict):
+                raise TypeError(f"a job function returns a dict or None, not {type(result).__name__}")
+            json.dumps(result)
+        except Cancelled:
+            if context.interrupted:
+                self._interrupted(job_id)
+            else:
+                self._finish(job_id, "CANCELLED", message="cancelled")
+        except I2XError as error:
+            self._finish(job_id, "FAILED", message="failed", error=str(error), error_code=error.grpc_code)
+        except Exception as error:
+            # The traceback stays in the server log; clients get one line.
+            log.exception("job %s (%s) failed", job_id, self._records[job_id].kind)
+            self._finish(job_id, "FAILED", message="failed", error=_one_line(error), error_code="INTERNAL")
+        else:
+            self._finish(job_id, "SUCCEEDED", message="done", result=result)
+
+    def _interrupted(self, job_id: str) -> None:
+        with self._lock:
+            record = self._records[job_id]
+            record.state, record.message, record.updated = "QUEUED", "interrupted by shutdown", time.time()
+            self._emit(job_id, _event(record, None))
+            self._emit(job_id, None)  # ends the watchers: the next process runs the job
+            self._watchers.pop(job_id, None)
+        self._write(job_id)
+        self._finished[job_id].set()
+
+    def _update(self, job_id: str, **changes: Any) -> None:
+        with self._lock:
+            record = self._records[job_id]
+            if record.finished:  # a late update (e.g. a cancel racing the end) changes nothing
+                return
+            for name, value in changes.items():
+                setattr(record, name, value)
+            record.updated = time.time()
+            self._emit(job_id, _event(record, None))
+        self._write(job_id)
+
+    def _finish(self, job_id: str, state: str, **changes: Any) -> None:
+        with self._lock:
+            record = self._records[job_id]
+            if record.finished:
+                return
+            if state == "SUCCEEDED" and record.progress_total:
+                record.progress_done = record.progress_total
+            record.state = state
+            for name, value in changes.items():
+                setattr(record, name, value)
+            record.updated = time.time()
+            self._emit(job_id, _event(record, None))
+            self._watchers.pop(job_id, None)
+        self._write(job_id)
+        self._finished[job_id].set()
+
+    def _progress(self, job_id: str, done: int, total: int, message: str, artifact: str | None) -> None:
+        with self._lock:
+            record = self._records[job_id]
+            if record.finished:
+                return
+            record.progress_done, record.progress_total = done, total
+            if message:
+                record.message = message
+            if artifact and artifact not in record.artifacts:
+                record.artifacts.append(artifact)
+            record.updated = time.time()
+            self._emit(job_id, _event(record, artifact))
+            due = artifact or time.monotonic() - self._last_write.get(job_id, 0.0) >= PROGRESS_WRITE_SECONDS
+        if due:
+            self._write(job_id)
+
+    def _emit(self, job_id: str, event: JobEvent | None) -> None:
+        """Hand an event to every watcher's loop (called with self._lock held, from any thread)."""
+        alive = []
+        for loop, queue in self._watchers.get(job_id, []):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+                alive.append((loop, queue))
+            except RuntimeError:  # the watcher's loop is closed
+                pass
+        if job_id in self._watchers:
+            self._watchers[job_id] = alive
+
+
+def _event(record: JobRecord, artifact: str | None) -> JobEvent:
+    return JobEvent(job_id=record.job_id, state=record.state, done=record.progress_done,
+                    total=record.progress_total, message=record.message, artifact=artifact,
+                    time=record.updated)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
