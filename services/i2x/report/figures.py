@@ -1,0 +1,383 @@
+"""The paper's figures (DESIGN.md 1.11), one function per figure, from plain arrays.
+
+Each function returns a matplotlib Figure built without pyplot (no global state, safe in
+threads); `to_png` renders it with the Agg backend. Prototypes are named `P-m`, classes by the
+names the caller passes (run.json's classes). docs/REPORT.md says how to read each figure.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from i2x.core.errors import InvalidArgument
+
+DPI = 110
+# Colour-blind friendly cycle (Okabe-Ito) for the few prototypes a figure highlights.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#882255", "#56B4E9", "#44AA99", "#000000"]
+UNCERTAIN_COLOR = "#D55E00"
+
+
+def proto(m: int) -> str:
+    return f"P-{int(m)}"
+
+
+def to_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes (Agg)."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def _steps_array(steps, name: str) -> np.ndarray:
+    steps = np.asarray(steps)
+    if steps.ndim != 1 or len(steps) == 0:
+        raise InvalidArgument(f"expected a non-empty 1-d array of checkpoint steps, got shape {steps.shape}", field=name)
+    return steps
+
+
+# -- Fig. 3 ------------------------------------------------------------------------------------
+def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confidence, *, class_name: str,
+                    key_steps: Sequence[int] = (), next_steps: dict[int, int] | None = None) -> Figure:
+    """Fig. 3: a class's shared prototypes' mean intensity (left axis) and the class's mean
+    confidence (right axis) over the checkpoints; key checkpoint intervals shaded.
+
+    steps (T,); mean_intensity (T, S) for the S prototypes listed in `prototypes`, averaged over
+    the class's samples; mean_confidence (T,). A key step t is the change from t to the next
+    checkpoint, so it is shaded from t to next_steps[t] (default: the following step).
+    """
+    steps = _steps_array(steps, "steps")
+    mean_intensity = np.asarray(mean_intensity, dtype=float).reshape(len(steps), -1)
+    if mean_intensity.shape[1] != len(prototypes):
+        raise InvalidArgument(f"mean_intensity has {mean_intensity.shape[1]} columns for {len(prototypes)} "
+                              "prototypes; pass one column per prototype", field="mean_intensity")
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.add_subplot()
+    following = dict(zip(steps[:-1].tolist(), steps[1:].tolist()))
+    following.update(next_steps or {})
+    for n, t in enumerate(key_steps):
+        ax.axvspan(t, following.get(int(t), t), color="#FFE9A8", alpha=0.8, lw=0,
+                   label="key checkpoint (change to the next one)" if n == 0 else None)
+    for n, m in enumerate(prototypes):
+        ax.plot(steps, mean_intensity[:, n], marker="o", ms=3, lw=1.6, color=PALETTE[n % len(PALETTE)],
+                label=f"{proto(m)} intensity")
+    ax.set_xlabel("training step (checkpoint)")
+    ax.set_ylabel("mean prototype intensity\n(saliency summed over the prototype's positions)")
+    twin = ax.twinx()
+    twin.plot(steps, mean_confidence, color="black", lw=2.2, ls="--", label=f"confidence of '{class_name}'")
+    twin.set_ylabel(f"mean confidence of class '{class_name}'")
+    twin.set_ylim(-0.02, 1.02)
+    handles, labels = ax.get_legend_handles_labels()
+    twin_handles, twin_labels = twin.get_legend_handles_labels()
+    ax.legend(handles + twin_handles, labels + twin_labels, fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    title = f"Class '{class_name}': shared prototypes and confidence over training"
+    if not len(prototypes):
+        title += "\n(no prototype is shared by every sample of this class)"
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# -- Fig. 4 ------------------------------------------------------------------------------------
+def class_timeline(steps, mean_confidence, events: Sequence[tuple[int, int | None, Sequence[tuple[int, Sequence[str]]]]],
+                   *, class_name: str) -> Figure:
+    """Fig. 4: the class's confidence over training with each key checkpoint numbered and
+    annotated "step t: P-m separates <class> from <opponents>".
+
+    events: (step, next step or None, [(prototype, opponent class names), ...]) per key
+    checkpoint in step order; an empty opponent list reads "P-m moves <class>".
+    """
+    steps = _steps_array(steps, "steps")
+    following = dict(zip(steps[:-1].tolist(), steps[1:].tolist()))
+    lines = []
+    for n, (step, next_step, drivers) in enumerate(events):
+        next_step = next_step if next_step is not None else following.get(int(step))
+        parts = []
+        for k, (m, opponents) in enumerate(drivers):
+            if opponents:
+                lead = f"separates '{class_name}' from " if k == 0 else "from "
+                parts.append(f"{proto(m)} {lead}" + ", ".join(f"'{o}'" for o in opponents))
+            else:
+                parts.append(f"{proto(m)} moves '{class_name}' alone")
+        span = f"step {step}\u2192{next_step}" if next_step is not None else f"step {step}"
+        text = f"({n + 1}) {span}: " + "; ".join(parts)
+        lines.append((PALETTE[n % len(PALETTE)], textwrap.wrap(text, 105, subsequent_indent="      ")))
+    if not lines:
+        lines = [("black", ["no key checkpoint: no confidence change of this class was carried by a prototype"])]
+    n_lines = sum(len(wrapped) for _, wrapped in lines)
+    fig = Figure(figsize=(8, 3.3 + 0.2 * n_lines))
+    grid = fig.add_gridspec(2, 1, height_ratios=[3.0, 0.2 * n_lines + 0.1], hspace=0.32)
+    ax = fig.add_subplot(grid[0])
+    ax.plot(steps, mean_confidence, color="black", lw=2, marker="o", ms=3)
+    ax.set_ylim(-0.05, 1.12)
+    ax.set_xlabel("training step (checkpoint)")
+    ax.set_ylabel(f"mean confidence of '{class_name}'")
+    ax.grid(alpha=0.3)
+    confidence_at = dict(zip(steps.tolist(), np.asarray(mean_confidence, dtype=float).tolist()))
+    for n, (step, _, _) in enumerate(events):
+        color = PALETTE[n % len(PALETTE)]
+        ax.axvline(step, color=color, lw=1.2, ls=":")
+        y = confidence_at.get(int(step))
+        if y is not None:
+            ax.plot([step], [y], marker="D", color=color, ms=7, zorder=3)
+        ax.annotate(str(n + 1), (step, 1.1), xytext=(2, 0), textcoords="offset points", color=color,
+                    fontsize=9, fontweight="bold", va="top")
+    ax.set_title(f"Class '{class_name}': what the model learned at its key checkpoints", fontsize=11)
+    # The annotations go below the plot as a numbered list: readable however close the steps are.
+    notes = fig.add_subplot(grid[1])
+    notes.axis("off")
+    row = 0
+    for color, wrapped in lines:
+        for text in wrapped:
+            notes.text(0.0, 1.0 - row / n_lines, text, color=color, fontsize=8.5, ha="left", va="top",
+                       transform=notes.transAxes)
+            row += 1
+    return fig
+
+
+# -- Fig. 5-7 ----------------------------------------------------------------------------------
+def pair_contributions(steps, contributions, *, name_a: str, name_b: str, reliable: Sequence[int] = (),
+                       uncertain: Sequence[int] = (), title: str | None = None,
+                       uncertain_label: str = "uncertain") -> Figure:
+    """Fig. 5-7: each prototype's contribution D_t[m] = W_t[m, a] - W_t[m, b] over the steps.
+
+    Above zero the prototype's intensity change pushed towards a, below towards b. Reliable
+    prototypes are drawn solid and coloured, uncertain ones thick dashed in red-orange, the
+    others thin grey.
+    """
+    steps = _steps_array(steps, "steps")
+    contributions = np.asarray(contributions, dtype=float)
+    if contributions.ndim != 2 or contributions.shape[0] != len(steps):
+        raise InvalidArgument(f"contributions must be (steps, M) = ({len(steps)}, M), got {contributions.shape}",
+                              field="contributions")
+    fig = Figure(figsize=(8, 4.4))
+    ax = fig.add_subplot()
+    highlighted = set(reliable) | set(uncertain)
+    others = [m for m in range(contributions.shape[1]) if m not in highlighted]
+    for n, m in enumerate(others):
+        ax.plot(steps, contributions[:, m], color="#BBBBBB", lw=0.7, zorder=1,
+                label="other prototypes" if n == 0 else None)
+    for n, m in enumerate(reliable):
+        ax.plot(steps, contributions[:, m], color=PALETTE[n % 4], lw=2, marker="o", ms=3, zorder=3,
+                label=f"{proto(m)} (reliable)")
+    for m in uncertain:
+        ax.plot(steps, contributions[:, m], color=UNCERTAIN_COLOR, lw=2.6, ls="--", marker="s", ms=4, zorder=4,
+                label=f"{proto(m)} ({uncertain_label})")
+    ax.axhline(0, color="black", lw=0.8)
+    limit = max(np.abs(contributions).max(), 1e-9) * 1.1
+    ax.set_ylim(-limit, limit)
+    ax.text(0.01, 0.97, f"favours '{name_a}' \u2191", transform=ax.transAxes, va="top", fontsize=9)
+    ax.text(0.01, 0.03, f"favours '{name_b}' \u2193", transform=ax.transAxes, va="bottom", fontsize=9)
+    ax.set_xlabel("training step t (change from checkpoint t to the next)")
+    ax.set_ylabel(f"contribution W_t[m,'{name_a}'] \u2212 W_t[m,'{name_b}']")
+    ax.set_title(title or f"Pair '{name_a}' vs '{name_b}': each prototype's contribution over training", fontsize=11)
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# -- Fig. 8 ------------------------------------------------------------------------------------
+def confusion_matrices(panels: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str], *,
+                       pair: tuple[int, int] | None = None) -> Figure:
+    """Fig. 8: confusion matrices side by side (rows true class, columns predicted), counts in
+    each cell, the diagonal left out of the colour scale so errors stand out; the pair's two
+    off-diagonal cells outlined."""
+    if not panels:
+        raise InvalidArgument("give at least one (title, confusion matrix) panel", field="panels")
+    K = len(class_names)
+    size = min(4.2 + 0.25 * K, 9)
+    fig = Figure(figsize=(size * len(panels) + 1.0, size + 0.4), layout="constrained")
+    errors_max = max(float(np.max(np.asarray(c, float) * (1 - np.eye(K)))) for _, c in panels) or 1.0
+    for n, (title, confusion) in enumerate(panels):
+        confusion = np.asarray(confusion, dtype=float)
+        if confusion.shape != (K, K):
+            raise InvalidArgument(f"confusion matrix '{title}' has shape {confusion.shape}, expected ({K}, {K}) "
+                                  "for the run's classes", field="confusion")
+        ax = fig.add_subplot(1, len(panels), n + 1)
+        off_diagonal = np.where(np.eye(K, dtype=bool), np.nan, confusion)
+        image = ax.imshow(off_diagonal, cmap="Reds", vmin=0, vmax=errors_max)
+        ax.imshow(np.where(np.eye(K, dtype=bool), 1.0, np.nan), cmap="Greys", vmin=0, vmax=4)
+        integers = np.allclose(confusion, np.round(confusion))
+        if K <= 20:
+            for i in range(K):
+                for j in range(K):
+                    value = confusion[i, j]
+                    text = f"{int(round(value))}" if integers else f"{value:.1f}"
+                    strong = i != j and value > 0.6 * errors_max
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7 if K > 10 else 8,
+                            color="white" if strong else "black")
+        if pair is not None:
+            a, b = pair
+            for (i, j) in ((a, b), (b, a)):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="#0072B2", lw=2.2))
+        accuracy = np.trace(confusion) / max(confusion.sum(), 1e-12)
+        ax.set_title(f"{title}\naccuracy {100 * accuracy:.2f}%", fontsize=10)
+        ax.set_xticks(range(K), [str(c) for c in class_names], rotation=90 if K > 10 else 0, fontsize=8)
+        ax.set_yticks(range(K), [str(c) for c in class_names], fontsize=8)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    fig.colorbar(image, ax=fig.axes, shrink=0.8, label="misclassified samples (off-diagonal)")
+    if pair is not None:
+        fig.suptitle(f"Confusion matrices (blue boxes: the pair '{class_names[pair[0]]}' / '{class_names[pair[1]]}')",
+                     fontsize=11)
+    return fig
+
+
+# -- Fig. 9 ------------------------------------------------------------------------------------
+def receptive_box(i: int, j: int, feature_hw: tuple[int, int], image_hw: tuple[int, int],
+                  margin: float = 1.0) -> tuple[int, int, int, int]:
+    """Input region (top, bottom, left, right; end exclusive) approximating the receptive field
+    of feature cell (i, j): the cell scaled by H/h and W/w, enlarged by `margin` cells on each
+    side, clipped to the image. An approximation: a conv net's true receptive field is larger
+    and centre-weighted, but the cell's own region plus a margin is where its evidence mostly lies.
+    """
+    h, w = feature_hw
+    H, W = image_hw
+    if not (0 <= i < h and 0 <= j < w):
+        raise InvalidArgument(f"cell ({i}, {j}) is outside the {h}x{w} feature map", field="position")
+    if margin < 0:
+        raise InvalidArgument(f"margin must be >= 0 cells, got {margin}", field="margin")
+    sy, sx = H / h, W / w
+    top = int(np.floor((i - margin) * sy))
+    bottom = int(np.ceil((i + 1 + margin) * sy))
+    left = int(np.floor((j - margin) * sx))
+    right = int(np.ceil((j + 1 + margin) * sx))
+    return max(top, 0), min(bottom, H), max(left, 0), min(right, W)
+
+
+def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(..., h, w) -> (..., H, W) bilinear, cell centres aligned (like align_corners=False)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    h, w = maps.shape[-2:]
+    H, W = size
+    ys = np.clip((np.arange(H) + 0.5) * h / H - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(W) + 0.5) * w / W - 0.5, 0, w - 1)
+    y0 = np.floor(ys).astype(int)
+    x0 = np.floor(xs).astype(int)
+    y1 = np.minimum(y0 + 1, h - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    fy = (ys - y0)[:, None]
+    fx = (xs - x0)[None, :]
+    top = maps[..., y0, :][..., :, x0] * (1 - fx) + maps[..., y0, :][..., :, x1] * fx
+    bottom = maps[..., y1, :][..., :, x0] * (1 - fx) + maps[..., y1, :][..., :, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def select_patches(assignments: np.ndarray, saliency: np.ndarray, prototype: int, n_patches: int) -> list[tuple[int, int, int]]:
+    """Positions (n, i, j) assigned to `prototype` to show: per sample its most salient such
+    position, then the samples with the highest saliency there (ties: lower sample index)."""
+    mask = assignments == prototype
+    if not mask.any():
+        return []
+    scored = np.where(mask, saliency, -np.inf)
+    N, h, w = assignments.shape
+    flat = scored.reshape(N, -1)
+    best_cell = flat.argmax(axis=1)
+    best_value = flat[np.arange(N), best_cell]
+    candidates = np.flatnonzero(np.isfinite(best_value))
+    order = candidates[np.lexsort((candidates, -best_value[candidates]))][:n_patches]
+    return [(int(n), int(best_cell[n] // w), int(best_cell[n] % w)) for n in order]
+
+
+def prototype_gallery(images: np.ndarray, saliency: np.ndarray, assignments: np.ndarray, prototypes: Sequence[int], *,
+                      n_patches: int = 6, margin: float = 1.0, labels: np.ndarray | None = None,
+                      class_names: Sequence[str] | None = None, highlight: dict[int, str] | None = None,
+                      title: str = "Prototype gallery", sample_ids: np.ndarray | None = None) -> Figure:
+    """Fig. 9: one row per prototype, up to `n_patches` crops of the input around positions
+    assigned to it (receptive_box), the final checkpoint's saliency (upsampled, normalised per
+    image) overlaid; the assigned cell outlined in white. `highlight` maps prototypes to a note
+    shown in the row label (e.g. "uncertain"); `sample_ids` names the images in the crops' titles
+    (default 0..N-1, e.g. explanation-set indices when the images are a subset)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    N, H, W, C = images.shape
+    if saliency.shape != assignments.shape or saliency.shape[0] != N:
+        raise InvalidArgument(f"saliency {saliency.shape} and assignments {assignments.shape} must both be "
+                              f"(N, h, w) with N = {N} images", field="saliency")
+    h, w = assignments.shape[1:]
+    highlight = highlight or {}
+    rows = max(len(prototypes), 1)
+    fig = Figure(figsize=(1.35 * n_patches + 1.6, 1.45 * rows + 0.5))
+    height = fig.get_figheight()
+    grid = fig.add_gridspec(rows, n_patches, wspace=0.08, hspace=0.35, top=1 - 0.45 / height, bottom=0.1 / height)
+    peak = saliency.reshape(N, -1).max(axis=1)
+    for r, m in enumerate(prototypes):
+        patches = select_patches(assignments, saliency, m, n_patches)
+        for k in range(n_patches):
+            ax = fig.add_subplot(grid[r, k])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                note = f"\n({highlight[m]})" if m in highlight else ""
+                count = int((assignments == m).any(axis=(1, 2)).sum())
+                ax.set_ylabel(f"{proto(m)}{note}\nin {count} images", fontsize=8, rotation=0, ha="right", va="center",
+                              color=UNCERTAIN_COLOR if m in highlight else "black")
+            if k >= len(patches):
+                for side in ax.spines.values():
+                    side.set_visible(False)
+                if k == 0:
+                    ax.text(0.5, 0.5, "no position", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                continue
+            n, i, j = patches[k]
+            top, bottom, left, right = receptive_box(i, j, (h, w), (H, W), margin)
+            crop = images[n, top:bottom, left:right]
+            heat = upsample_bilinear(saliency[n], (H, W))[top:bottom, left:right] / max(float(peak[n]), 1e-12)
+            extent = (left, right, bottom, top)
+            ax.imshow(crop[..., 0] if C == 1 else crop, cmap="gray" if C == 1 else None, extent=extent,
+                      vmin=0, vmax=255)
+            ax.imshow(np.clip(heat, 0, 1), cmap="jet", alpha=0.35, vmin=0, vmax=1, extent=extent)
+            ax.add_patch(Rectangle((j * W / w, i * H / h), W / w, H / h, fill=False, ec="white", lw=1.2))
+            if labels is not None and class_names is not None:
+                sample = int(sample_ids[n]) if sample_ids is not None else n
+                ax.set_title(f"#{sample} '{class_names[int(labels[n])]}'", fontsize=6.5, pad=1.5)
+    fig.suptitle(f"{title}: input around positions assigned to each prototype, final saliency overlaid",
+                 fontsize=10, y=1 - 0.08 / height)
+    return fig
+
+
+# -- Table 1 -----------------------------------------------------------------------------------
+def finetune_table(rows: Sequence[dict], *, pair_names: tuple[str, str] | None = None) -> Figure:
+    """Table 1 as an image: protocol, test accuracy, a->b, b->a and their sum as mean +- std."""
+    a, b = pair_names or ("a", "b")
+    header = ["protocol", "accuracy (%)", f"'{a}'\u2192'{b}'", f"'{b}'\u2192'{a}'", "sum"]
+    cells = [[str(row.get("protocol", "?"))] + [format_mean_std(row.get(k), percent=(k == "accuracy"))
+                                                for k in ("accuracy", "a_to_b", "b_to_a", "sum")] for row in rows]
+    fig = Figure(figsize=(8, 0.45 * (len(cells) + 1) + 0.7))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    table = ax.table(cellText=cells or [["(no rows)", "", "", "", ""]], colLabels=header, loc="center",
+                     cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1, 1.4)
+    for (r, _), cell in table.get_celld().items():
+        if r == 0:
+            cell.set_facecolor("#E8EEF4")
+            cell.set_text_props(fontweight="bold")
+    ax.set_title("Fine-tuning from the final model (mean \u00b1 std over repeats)", fontsize=11)
+    return fig
+
+
+def format_mean_std(value, *, percent: bool = False) -> str:
+    """{"mean": m, "std": s} (or a bare number) as 'm ± s'; accuracy in [0, 1] shown as percent."""
+    if value is None:
+        return "\u2013"
+    mean, std = (value.get("mean"), value.get("std")) if isinstance(value, dict) else (value, None)
+    if mean is None:
+        return "\u2013"
+    scale = 100.0 if percent and abs(float(mean)) <= 1.0 else 1.0
+    text = f"{scale * float(mean):.2f}"
+    return text + (f" \u00b1 {scale * float(std):.2f}" if std is not None else "")
+
+
+def wrap(text: str, width: int = 90) -> str:
+    return "\n".join(textwrap.wrap(text, width))

@@ -1,0 +1,106 @@
+"""A small synthetic run written into a store with the docs/ARTIFACTS.md layout.
+
+Arrays are random but consistent with each other (same N, K, M, T, h, w everywhere); the
+intensities, the mapping W and explanation.json come from the real method code
+(i2x.core.intensity, i2x.core.dynamics, i2x.core.explain) so the explanation follows its schema.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from i2x.core.dynamics import fit_dynamics
+from i2x.core.explain import build_explanation
+from i2x.core.intensity import prototype_intensity
+from i2x.storage import Store, run_key
+
+CLASSES = ["T-shirt", "trouser", "pullover", "dress"]
+
+
+def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class: int = 10, n_prototypes: int = 8,
+                        steps=(0, 40, 80, 120, 160, 200), image_size: int = 28, feature_size: int = 7,
+                        channels: int = 1, finetune: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    K, M, T = len(CLASSES), n_prototypes, len(steps)
+    labels = np.repeat(np.arange(K), n_per_class)
+    N = len(labels)
+    H = W_img = image_size
+    h = w = feature_size
+
+    images = (rng.random((N, H, W_img, channels)) * 60).astype(np.uint8)
+    for n, c in enumerate(labels):  # a bright bar whose row depends on the class: something to look at
+        row = 4 + 5 * c
+        images[n, row:row + 4, 4:24] = 230
+    # Each sample shows a few prototypes: c in every sample of class c (a shared prototype),
+    # c + K in half of them (specialized), and background prototype M - 1 elsewhere.
+    assignments = np.full((N, h, w), M - 1, dtype=np.int16)
+    for n, c in enumerate(labels):
+        assignments[n, c % h, :] = c
+        if n % 2 == 0 and c + K < M - 1:
+            assignments[n, (c + 2) % h, 1:4] = c + K
+        assignments[n, rng.integers(0, h), rng.integers(0, w)] = rng.integers(0, M)
+    # Confidences drift from uniform towards the true class over the checkpoints.
+    confidences = np.empty((T, N, K), dtype=np.float32)
+    saliency = np.empty((T, N, h, w), dtype=np.float16)
+    for t in range(T):
+        logits = rng.normal(0, 0.5, size=(N, K))
+        logits[np.arange(N), labels] += 3.0 * t / (T - 1)
+        logits[labels == 1, 3] += 1.5 * np.sin(t)  # trouser/dress see-saw: a confused pair
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        confidences[t] = exp / exp.sum(axis=1, keepdims=True)
+        saliency[t] = rng.random((N, h, w)) * (0.3 + t / T)
+
+    intensity = prototype_intensity(saliency, assignments, M)
+    cluster_labels = np.tile(labels, (T - 1, 1)).astype(np.int32)  # one "HDBSCAN" cluster per class
+    dynamics = fit_dynamics(confidences, intensity, np.asarray(steps, dtype=np.int64), labels=cluster_labels)
+    confusion = rng.integers(0, 4, size=(K, K)) + np.diag(rng.integers(80, 100, size=K))
+    confusion[1, 3] += 12
+    confusion[3, 1] += 7
+    explanation = build_explanation(classes=CLASSES, assignments=assignments, labels=labels,
+                                    confidences=confidences, W=dynamics.W, steps=dynamics.steps,
+                                    confusion=confusion, n_prototypes=M, min_confidence_change=0.0)
+    explanation["run_id"] = run_id
+
+    key = lambda *parts: run_key(run_id, *parts)  # noqa: E731
+    meta = {"run_id": run_id, "classes": CLASSES,
+            "model": {"arch": "small_cnn", "num_classes": K, "in_channels": channels, "image_size": image_size},
+            "dataset": {"name": "synthetic", "root": None},
+            "train": {"preset": "mnist", "seed": seed, "epochs": 2, "batch_size": 128},
+            "explanation": {"fraction": 0.1, "seed": 42, "size": N}, "target_layer": "features.conv3",
+            "sizes": {"train": 10 * N, "test": int(confusion.sum()), "explanation": N}}
+    store.put_json(key("run.json"), meta)
+    store.put_npz(key("data", "explanation.npz"), indices=np.arange(N, dtype=np.int64) * 3,
+                  labels=labels.astype(np.int64), images=images)
+    store.put_json(key("checkpoints", "index.json"),
+                   {"checkpoints": [{"step": s, "epoch": 0, "loss": 1.0 / (1 + s), "accuracy": None,
+                                     "key": key("checkpoints", f"step-{s:06d}.safetensors")} for s in steps]})
+    store.put_npz(key("evaluation", "final.npz"), confusion=confusion.astype(np.int64),
+                  predictions=np.zeros(0, np.int64), labels=np.zeros(0, np.int64))
+    for t, s in enumerate(steps):
+        store.put_npz(key("interpretation", f"step-{s:06d}.npz"), saliency=saliency[t],
+                      confidences=confidences[t], predictions=confidences[t].argmax(axis=1).astype(np.int16))
+    store.put_json(key("interpretation", "index.json"), {"layer": "features.conv3", "target": "predicted",
+                                                        "steps": list(steps)})
+    store.put_npz(key("clustering", "prototypes.npz"), assignments=assignments,
+                  centroids=rng.random((M, 4)).astype(np.float32),
+                  pca_components=rng.random((4, 16)).astype(np.float32), pca_mean=np.zeros(16, np.float32))
+    store.put_npz(key("clustering", "confidence_clusters.npz"), labels=cluster_labels,
+                  steps=np.asarray(steps[:-1], dtype=np.int64))
+    store.put_npz(key("explanation", "intensity.npz"), intensity=intensity, steps=np.asarray(steps, np.int64))
+    store.put_npz(key("explanation", "mapping.npz"), W=dynamics.W, dP=np.asarray(dynamics.dP, np.float32),
+                  dI=np.asarray(dynamics.dI, np.float32), cluster_step=np.asarray(dynamics.cluster_step, np.int64),
+                  cluster_label=np.asarray(dynamics.cluster_label, np.int32), steps=dynamics.steps)
+    store.put_json(key("explanation", "explanation.json"), explanation)
+    if finetune:
+        a, b = explanation["most_confused_pair"]["a"], explanation["most_confused_pair"]["b"]
+        after = confusion.copy()
+        after[a, b] = max(after[a, b] - 6, 0)
+        after[b, a] = max(after[b, a] - 3, 0)
+        rows = [{"protocol": p, "accuracy": {"mean": 0.95 + 0.005 * i, "std": 0.002},
+                 "a_to_b": {"mean": 10.0 - i, "std": 1.0}, "b_to_a": {"mean": 6.0 - i / 2, "std": 0.5},
+                 "sum": {"mean": 16.0 - 1.5 * i, "std": 1.2}}
+                for i, p in enumerate(["full", "curated", "full->full", "curated->curated", "curated->full"])]
+        store.put_json(key("finetune", "table.json"),
+                       {"pair": [a, b], "repeats": 5, "rows": rows, "prototype": explanation["uncertain_prototype"],
+                        "confusions": {"curated->full": after.tolist()}})
+    return explanation
