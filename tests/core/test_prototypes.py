@@ -81,8 +81,8 @@ def test_wrong_ndim_and_nan():
     features, _ = two_group_features()
     with pytest.raises(InvalidArgument, match=r"\(N, h, w, d\)"):
         PrototypeExtractor(n_prototypes=2).fit(features[0])
-    features[1, 1, 0, 2] = np.nan
-    with pytest.raises(InvalidArgument, match="NaN") as err:
+    features[1, 1, 0, 2] = np.nan  # flat vector index 1*4 + 1*2 + 0 = 6
+    with pytest.raises(InvalidArgument, match="vector 6 .*NaN") as err:
         PrototypeExtractor(n_prototypes=2).fit(features)
     assert err.value.field == "features"
 
@@ -94,3 +94,11 @@ def test_transform_checks_fit_and_channels():
     extractor = PrototypeExtractor(n_prototypes=2).fit(features)
     with pytest.raises(InvalidArgument, match="4 channels.*fitted on 5"):
         extractor.transform(features[..., :4])
+
+
+def test_transform_rejects_nan_in_any_batch():
+    features, _ = two_group_features()
+    extractor = PrototypeExtractor(n_prototypes=2, batch_size=5).fit(features)
+    features[5, 1, 1, 0] = np.inf  # flat vector index 5*4 + 1*2 + 1 = 23, in the last batch
+    with pytest.raises(InvalidArgument, match="vector 23 "):
+        extractor.transform(features)

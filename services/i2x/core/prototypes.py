@@ -35,9 +35,11 @@ def _check_features(features) -> np.ndarray:
     return features
 
 
-def _check_finite(batch: np.ndarray, start: int) -> None:
+def _check_finite(batch: np.ndarray, flat_index) -> None:
+    """flat_index: the flat (N*h*w) index of the batch's first row, or of every row."""
     if not np.isfinite(batch).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(batch).all(axis=1))[0])
+        row = int(np.flatnonzero(~np.isfinite(batch).all(axis=1))[0])
+        bad = int(flat_index[row]) if np.ndim(flat_index) else int(flat_index) + row
         raise InvalidArgument(
             f"feature vector {bad} (flat index over N*h*w) holds NaN or inf; check the model's features "
             "(a diverged checkpoint?) before extracting prototypes",
@@ -51,6 +53,10 @@ class PrototypeExtractor:
     Fitted attributes: ``pca_`` (sklearn PCA), ``kmeans_`` (KMeans or MiniBatchKMeans),
     ``centroids_`` float32 (M, C), ``assignments_`` int16 (N, h, w), ``n_features_in_`` (d),
     ``n_components_`` (C after clipping), ``n_fit_vectors_`` (the PCA sample size).
+
+    Extra keywords: ``n_init`` (KMeans restarts), ``minibatch_threshold`` (MiniBatchKMeans above
+    this many vectors), ``svd_solver`` ("auto": covariance_eigh when the sample has at least d
+    vectors, which needs no centred copy of the sample; else scikit-learn's choice).
     """
 
     def __init__(
@@ -115,8 +121,11 @@ class PrototypeExtractor:
         rng = np.random.default_rng(self.random_state)
         n_sample = min(self.max_fit_vectors, n_vectors)
         sample_idx = np.sort(rng.choice(n_vectors, size=n_sample, replace=False))
-        sample = np.asarray(flat[sample_idx], dtype=np.float32)
-        _check_finite(sample, 0)
+        sample = np.empty((n_sample, d), dtype=np.float32)
+        for start in range(0, n_sample, self.batch_size):  # gather in batches: no float16 copy of the sample
+            rows = sample_idx[start:start + self.batch_size]
+            sample[start:start + len(rows)] = flat[rows]
+            _check_finite(sample[start:start + len(rows)], rows)
         self.n_components_ = int(min(self.n_components, d, n_sample))
         # With more vectors than dims, the d x d covariance route needs no centred copy of the
         # sample (0.8 GB less at 100k x 2048) and is faster than the randomized SVD.
