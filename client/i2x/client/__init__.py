@@ -1,0 +1,20 @@
+"""The I2X client SDK: gRPC without the gRPC.
+
+    from i2x.client import Client
+    client = Client.from_env()                    # or Client(training="host:50051", ...)
+    result = client.run_pipeline("demo", model={"arch": "small_cnn"}, dataset={"kind": "mnist5k"},
+                                 train={"preset": "tiny"}, progress=print)
+    print(result.pair_analysis.uncertain_prototypes)
+
+Depends only on grpcio, protobuf, numpy and minio.
+"""
+
+from i2x.client.client import DEFAULT_PORTS, Client, JobFailed
+from i2x.client.jobs import Job, JobEvent, JobInfo
+from i2x.client.results import (ClassExplanation, CurationResult, Evaluation, ExplanationSummary, FinetuneRow,
+                                FinetuneTable, PairAnalysis, PipelineResult, PrototypeRole, Run)
+from i2x.client.store import StoreReader, open_reader
+
+__all__ = ["Client", "DEFAULT_PORTS", "Job", "JobEvent", "JobInfo", "JobFailed", "Run", "Evaluation",
+           "ExplanationSummary", "ClassExplanation", "PairAnalysis", "PrototypeRole", "CurationResult",
+           "FinetuneRow", "FinetuneTable", "PipelineResult", "StoreReader", "open_reader"]

@@ -1,0 +1,333 @@
+"""Client: one method per capability of the four services, plus run_pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from i2x.client.jobs import Job, JobEvent, JobFailed
+from i2x.client.results import (ClassExplanation, CurationResult, Evaluation, ExplanationSummary, FinetuneTable,
+                                PairAnalysis, PipelineResult, Run)
+from i2x.client.store import StoreReader, open_reader
+from i2x.v1 import (clustering_pb2, clustering_pb2_grpc, common_pb2, explanation_pb2, explanation_pb2_grpc,
+                    interpretation_pb2, interpretation_pb2_grpc, jobs_pb2_grpc, training_pb2, training_pb2_grpc)
+
+__all__ = ["Client", "JobFailed", "DEFAULT_PORTS"]
+
+# Same as i2x.config.SERVICE_PORTS (a test keeps them equal; the client does not import the server half).
+DEFAULT_PORTS = {"training": 50051, "interpretation": 50052, "clustering": 50053, "explanation": 50054}
+STUBS = {"training": training_pb2_grpc.TrainingServiceStub,
+         "interpretation": interpretation_pb2_grpc.InterpretationServiceStub,
+         "clustering": clustering_pb2_grpc.ClusteringServiceStub,
+         "explanation": explanation_pb2_grpc.ExplanationServiceStub,
+         "jobs": jobs_pb2_grpc.JobsServiceStub}
+TARGET_MODES = {"predicted": common_pb2.TARGET_MODE_PREDICTED, "label": common_pb2.TARGET_MODE_LABEL}
+PROTOCOLS = {"full": common_pb2.FINETUNE_PROTOCOL_FULL, "curated": common_pb2.FINETUNE_PROTOCOL_CURATED,
+             "full->full": common_pb2.FINETUNE_PROTOCOL_FULL_FULL,
+             "curated->curated": common_pb2.FINETUNE_PROTOCOL_CURATED_CURATED,
+             "curated->full": common_pb2.FINETUNE_PROTOCOL_CURATED_FULL}
+SCOPES = {"all": common_pb2.CURATION_SCOPE_ALL, "pair": common_pb2.CURATION_SCOPE_PAIR}
+
+Progress = Callable[[str, JobEvent], None] | None
+
+
+def _message(cls, values: dict | None, field: str):
+    """A proto message from a dict of its field names (unset keys stay unset = server default)."""
+    message = cls()
+    for name, value in (values or {}).items():
+        if name not in message.DESCRIPTOR.fields_by_name:
+            raise ValueError(f"{field}: unknown key {name!r}; valid keys are {sorted(message.DESCRIPTOR.fields_by_name)}")
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            getattr(message, name).extend(value)
+        else:
+            setattr(message, name, value)
+    return message
+
+
+def interpret_message(values: dict | None) -> common_pb2.InterpretParams:
+    values = dict(values or {})
+    target = values.pop("target", None)
+    message = _message(common_pb2.InterpretParams, values, "interpret")
+    if target is not None:
+        if str(target) in TARGET_MODES:
+            message.target_mode = TARGET_MODES[str(target)]
+        else:
+            message.target_mode = common_pb2.TARGET_MODE_CLASS
+            message.target_class = int(target)
+    return message
+
+
+def explain_message(values: dict | None) -> common_pb2.ExplainParams:
+    values = dict(values or {})
+    scope, extra = values.pop("curation_scope", None), values.pop("extra", None)
+    message = _message(common_pb2.ExplainParams, values, "explain")
+    if scope is not None:
+        message.curation_scope = SCOPES[scope]
+    if extra:
+        message.extra_json = json.dumps(extra)
+    return message
+
+
+def finetune_message(values: dict | None) -> common_pb2.FinetuneParams:
+    values = dict(values or {})
+    protocols = values.pop("protocols", None)
+    message = _message(common_pb2.FinetuneParams, values, "finetune")
+    if protocols:
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ValueError(f"finetune.protocols: unknown {unknown}; choose from {list(PROTOCOLS)}")
+        message.protocols.extend(PROTOCOLS[p] for p in protocols)
+    return message
+
+
+class Client:
+    """Talks to the four services. Addresses are "host:port"; token is the bearer token
+    (I2X_API_TOKEN on the servers); tls=True uses system roots, a path names a CA bundle;
+    store (a path or s3://BUCKET) is where arrays are read and local checkpoints uploaded."""
+
+    def __init__(self, training: str | None = None, interpretation: str | None = None,
+                 clustering: str | None = None, explanation: str | None = None, *, token: str | None = None,
+                 tls: bool | str = False, store: str | StoreReader | None = None, retries: int = 6,
+                 max_message_mb: int = 64, timeout: float = 60.0):
+        self.addresses = {"training": training, "interpretation": interpretation, "clustering": clustering,
+                          "explanation": explanation}
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retries, self.timeout = retries, timeout
+        self._store = store
+        options = [("grpc.max_send_message_length", max_message_mb << 20),
+                   ("grpc.max_receive_message_length", max_message_mb << 20)]
+        credentials = None
+        if tls:
+            roots = Path(tls).read_bytes() if isinstance(tls, str) else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+        self._channels: dict[str, grpc.Channel] = {}
+        for service, address in self.addresses.items():
+            if address:
+                self._channels[service] = (grpc.secure_channel(address, credentials, options) if credentials
+                                           else grpc.insecure_channel(address, options))
+        self._stubs: dict[tuple[str, str], object] = {}
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Client":
+        """I2X_TRAINING_ADDR ... I2X_EXPLANATION_ADDR, else I2X_ENDPOINT (host; default 127.0.0.1) with
+        the default ports; I2X_API_TOKEN; I2X_CLIENT_TLS (true, or a CA file); I2X_STORE."""
+        env = os.environ.get
+        host = env("I2X_ENDPOINT") or "127.0.0.1"
+        kwargs = {s: env(f"I2X_{s.upper()}_ADDR") or f"{host}:{port}" for s, port in DEFAULT_PORTS.items()}
+        tls = env("I2X_CLIENT_TLS", "")
+        kwargs.update(token=env("I2X_API_TOKEN") or None, store=env("I2X_STORE") or None,
+                      tls=True if tls.lower() in ("1", "true", "yes") else (tls if tls and tls.lower() not in
+                                                                             ("0", "false", "no") else False))
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _stub(self, service: str, kind: str | None = None):
+        if service not in self._channels:
+            raise ValueError(f"no address for the {service} service: pass {service}='host:port' or set "
+                             f"I2X_{service.upper()}_ADDR / I2X_ENDPOINT")
+        key = (service, kind or service)
+        if key not in self._stubs:
+            self._stubs[key] = STUBS[kind or service](self._channels[service])
+        return self._stubs[key]
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return min(0.2 * 2 ** attempt, 10.0)
+
+    def _call(self, service: str, kind: str | None, method: str, request):
+        """One unary RPC, retried with exponential backoff while the service is UNAVAILABLE."""
+        for attempt in range(self.retries + 1):
+            try:
+                return getattr(self._stub(service, kind), method)(request, metadata=self._metadata,
+                                                                  timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+                time.sleep(self._backoff(attempt))
+
+    def _job(self, service: str, method: str, request) -> Job:
+        return Job(self, service, self._call(service, None, method, request))
+
+    @property
+    def store(self) -> StoreReader:
+        if not isinstance(self._store, StoreReader):
+            self._store = open_reader(self._store)
+        return self._store
+
+    def load(self, key: str):
+        """An artifact by key: .npz -> dict of arrays, .json -> object, else bytes."""
+        if key.endswith(".npz"):
+            return self.store.get_npz(key)
+        if key.endswith(".json"):
+            return self.store.get_json(key)
+        return self.store.get_bytes(key)
+
+    # ------------------------------------------------------------ training
+
+    def create_run(self, run_id: str, *, model: dict | None = None, dataset: dict | None = None,
+                   train: dict | None = None, explanation_fraction: float | None = None,
+                   explanation_seed: int | None = None, overwrite: bool = False) -> Run:
+        request = training_pb2.CreateRunRequest(
+            run_id=run_id, model=_message(common_pb2.ModelSpec, model, "model"),
+            dataset=_message(common_pb2.DatasetSpec, dataset, "dataset"), overwrite=overwrite)
+        if train is not None:
+            request.train.CopyFrom(_message(common_pb2.TrainConfig, train, "train"))
+        if explanation_fraction is not None:
+            request.explanation_fraction = explanation_fraction
+        if explanation_seed is not None:
+            request.explanation_seed = explanation_seed
+        return Run.from_proto(self._call("training", None, "CreateRun", request))
+
+    def train(self, run_id: str) -> Job:
+        return self._job("training", "StartTraining", training_pb2.StartTrainingRequest(run_id=run_id))
+
+    def register_checkpoints(self, run_id: str, checkpoints: dict[int, str | Path]) -> Job:
+        """{step: source}: a str is a key already in the store; a pathlib.Path (or a 'file://PATH'
+        string) is a local safetensors file, uploaded to uploads/<run_id>/step-<step>.safetensors
+        first (the services read only the store)."""
+        refs = []
+        for step, source in sorted(checkpoints.items()):
+            if isinstance(source, str) and source.startswith("file://"):
+                source = Path(source[len("file://"):])
+            key = str(source)
+            if isinstance(source, Path):
+                key = f"uploads/{run_id}/step-{int(step):06d}.safetensors"
+                self.store.put_bytes(key, source.read_bytes())
+            refs.append(training_pb2.CheckpointRef(step=int(step), key=key))
+        return self._job("training", "RegisterCheckpoints",
+                         training_pb2.RegisterCheckpointsRequest(run_id=run_id, checkpoints=refs))
+
+    def get_run(self, run_id: str) -> Run:
+        return Run.from_proto(self._call("training", None, "GetRun", training_pb2.GetRunRequest(run_id=run_id)))
+
+    def list_runs(self) -> list[str]:
+        return list(self._call("training", None, "ListRuns", training_pb2.ListRunsRequest()).run_ids)
+
+    def finetune(self, run_id: str, **params) -> Job:
+        return self._job("training", "StartFinetune",
+                         training_pb2.StartFinetuneRequest(run_id=run_id, params=finetune_message(params)))
+
+    def finetune_table(self, run_id: str) -> FinetuneTable:
+        return FinetuneTable.from_proto(self._call("training", None, "GetFinetuneTable",
+                                                   training_pb2.GetFinetuneTableRequest(run_id=run_id)))
+
+    def evaluation(self, run_id: str) -> Evaluation:
+        return Evaluation.from_proto(self._call("training", None, "GetEvaluation",
+                                                training_pb2.GetEvaluationRequest(run_id=run_id)))
+
+    # ------------------------------------------------------------ interpretation, clustering
+
+    def interpret(self, run_id: str, *, steps: list[int] | None = None, **params) -> Job:
+        return self._job("interpretation", "StartInterpretation", interpretation_pb2.StartInterpretationRequest(
+            run_id=run_id, steps=steps or [], params=interpret_message(params)))
+
+    def prototypes(self, run_id: str, **params) -> Job:
+        return self._job("clustering", "StartPrototypes", clustering_pb2.StartPrototypesRequest(
+            run_id=run_id, params=_message(common_pb2.PrototypeParams, params, "prototypes")))
+
+    def cluster_confidences(self, run_id: str, **params) -> Job:
+        return self._job("clustering", "StartConfidenceClustering", clustering_pb2.StartConfidenceClusteringRequest(
+            run_id=run_id, params=_message(common_pb2.ClusterParams, params, "clusters")))
+
+    # ------------------------------------------------------------ explanation
+
+    def explain(self, run_id: str, **params) -> Job:
+        return self._job("explanation", "StartExplanation", explanation_pb2.StartExplanationRequest(
+            run_id=run_id, params=explain_message(params)))
+
+    def explanation(self, run_id: str) -> ExplanationSummary:
+        return ExplanationSummary.from_proto(self._call("explanation", None, "GetExplanation",
+                                                        explanation_pb2.GetExplanationRequest(run_id=run_id)))
+
+    def class_explanation(self, run_id: str, class_index: int) -> ClassExplanation:
+        return ClassExplanation.from_proto(self._call("explanation", None, "GetClassExplanation",
+                                                      explanation_pb2.GetClassExplanationRequest(
+                                                          run_id=run_id, class_index=class_index)))
+
+    def pair_analysis(self, run_id: str) -> PairAnalysis:
+        return PairAnalysis.from_proto(self._call("explanation", None, "GetPairAnalysis",
+                                                  explanation_pb2.GetPairAnalysisRequest(run_id=run_id)))
+
+    def curate(self, run_id: str, *, prototype: int | None = None, scope: str | None = None,
+               pair: list[int] | None = None) -> CurationResult:
+        request = explanation_pb2.CurateRequest(run_id=run_id, pair=pair or [])
+        if prototype is not None:
+            request.prototype = prototype
+        if scope is not None:
+            request.scope = SCOPES[scope]
+        return CurationResult.from_proto(self._call("explanation", None, "Curate", request))
+
+    # ------------------------------------------------------------ the whole method
+
+    def run_pipeline(self, run_id: str, *, model: dict | None = None, dataset: dict | None = None,
+                     train: dict | None = None, checkpoints: dict[int, str] | None = None,
+                     interpret: dict | None = None, prototypes: dict | None = None, clusters: dict | None = None,
+                     explain: dict | None = None, finetune: dict | None = None, progress: Progress = None,
+                     timeout: float | None = None) -> PipelineResult:
+        """Train (or register `checkpoints`, or take the run as it is when it has checkpoints),
+        interpret, extract prototypes (alongside the interpretation), cluster, explain, and with
+        `finetune` curate and fine-tune. progress(stage, JobEvent) follows every job."""
+        jobs: dict[str, str] = {}
+
+        def follow(stage: str, job: Job) -> dict:
+            jobs[stage] = job.job_id
+            return job.wait(timeout, (lambda event: progress(stage, event)) if progress else None)
+
+        try:
+            run = self.get_run(run_id)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            run = self.create_run(run_id, model=model, dataset=dataset,
+                                  train=None if checkpoints else (train or {}))
+        if not run.checkpoints:
+            follow("register" if checkpoints else "train",
+                   self.register_checkpoints(run_id, checkpoints) if checkpoints else self.train(run_id))
+            run = self.get_run(run_id)
+
+        # Prototypes need only the final checkpoint: extract them while the interpretation runs.
+        proto_job = self.prototypes(run_id, **(prototypes or {}))
+        proto_result: dict = {}
+        proto_thread = threading.Thread(target=lambda: proto_result.update(
+            outcome=_outcome(lambda: follow("prototypes", proto_job))), daemon=True)
+        proto_thread.start()
+        follow("interpret", self.interpret(run_id, **(interpret or {})))
+        proto_thread.join()
+        if isinstance(proto_result.get("outcome"), BaseException):
+            raise proto_result["outcome"]
+        follow("clusters", self.cluster_confidences(run_id, **(clusters or {})))
+        follow("explain", self.explain(run_id, **(explain or {})))
+        result = PipelineResult(run=run, evaluation=self.evaluation(run_id), explanation=self.explanation(run_id),
+                                pair_analysis=self.pair_analysis(run_id), jobs=jobs)
+        if finetune is not None:
+            result.curation = self.curate(run_id, scope=(explain or {}).get("curation_scope"))
+            follow("finetune", self.finetune(run_id, **finetune))
+            result.finetune = self.finetune_table(run_id)
+        return result
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+        return exc

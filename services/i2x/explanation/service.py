@@ -1,0 +1,136 @@
+"""ExplanationService over stages.explain_run / get_explanation / curate_run.
+
+The typed messages are read from explanation/explanation.json (schema: docs/EXPLANATION.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from i2x.core.errors import InvalidArgument
+from i2x.engine import stages
+from i2x.engine.params import ExplainParams
+from i2x.servicers import (SCOPE_NAMES, SCOPE_VALUES, StageServicer, count, enum_value, explain_params, pair_of,
+                           run_id_of, stage_progress)
+from i2x.storage import run_key
+from i2x.v1 import common_pb2, explanation_pb2, explanation_pb2_grpc
+
+VERDICTS = {"reliable": explanation_pb2.PROTOTYPE_VERDICT_RELIABLE,
+            "uncertain": explanation_pb2.PROTOTYPE_VERDICT_UNCERTAIN,
+            "compensated": explanation_pb2.PROTOTYPE_VERDICT_COMPENSATED,
+            "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE}
+
+
+class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationServiceServicer):
+    service = "explanation"
+
+    def job_function(self, kind, run_id, params):
+        if kind != "explain":
+            return None
+        store = self.store
+
+        def run(ctx):
+            explanation = stages.explain_run(store, run_id, ExplainParams.from_dict(params), **stage_progress(ctx))
+            pair = explanation.get("most_confused_pair") or {}
+            return {"pair": [pair.get("a"), pair.get("b")], "uncertain_prototype": explanation.get("uncertain_prototype"),
+                    "key": run_key(run_id, "explanation", "explanation.json")}
+
+        return run
+
+    async def StartExplanation(self, request, context):
+        run_id = run_id_of(request)
+        params = explain_params(request.params)
+        await asyncio.to_thread(self._require_inputs, run_id)
+        return await self.start("explain", run_id, params.to_dict())
+
+    def _require_inputs(self, run_id: str) -> None:
+        stages.get_run(self.store, run_id)
+        for parts, what, stage in ((("interpretation", "index.json"), "the interpretation", "interpretation"),
+                                   (("clustering", "prototypes.npz"), "the prototypes", "prototype (clustering)"),
+                                   (("clustering", "confidence_clusters.npz"), "the confidence clusters",
+                                    "confidence clustering")):
+            stages._require(self.store, run_key(run_id, *parts), what, stage)
+
+    async def _explanation(self, run_id: str) -> dict:
+        return await asyncio.to_thread(stages.get_explanation, self.store, run_id)
+
+    async def GetExplanation(self, request, context):
+        run_id = run_id_of(request)
+        doc = await self._explanation(run_id)
+        pair = doc.get("most_confused_pair") or {}
+        summary = explanation_pb2.ExplanationSummary(
+            run_id=run_id, classes=[str(c) for c in doc.get("classes", [])],
+            pair=[int(pair["a"]), int(pair["b"])] if "a" in pair else [],
+            steps=[int(s) for s in doc.get("checkpoint_steps", [])], num_prototypes=int(doc.get("n_prototypes", 0)),
+            key=run_key(run_id, "explanation", "explanation.json"),
+            artifact_keys=[run_key(run_id, "explanation", name) for name in ("intensity.npz", "mapping.npz")])
+        if doc.get("uncertain_prototype") is not None:
+            summary.uncertain_prototype = int(doc["uncertain_prototype"])
+        return summary
+
+    async def GetClassExplanation(self, request, context):
+        run_id = run_id_of(request)
+        doc = await self._explanation(run_id)
+        per_class = doc.get("per_class", [])
+        c = count(request.class_index, "class_index", low=0, high=max(len(per_class) - 1, 0))
+        return class_explanation_to_proto(run_id, per_class[c])
+
+    async def GetPairAnalysis(self, request, context):
+        run_id = run_id_of(request)
+        doc = await self._explanation(run_id)
+        return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, doc.get("most_confused_pair") or {})
+
+    async def Curate(self, request, context):
+        run_id = run_id_of(request)
+        scope = SCOPE_NAMES.get(enum_value(common_pb2.CurationScope, request.scope, "scope"), "all")
+        prototype = count(request.prototype, "prototype", low=0, high=100_000) if request.HasField("prototype") else None
+        pair = pair_of(request.pair, "pair")
+        result = await asyncio.to_thread(stages.curate_run, self.store, run_id, prototype=prototype, scope=scope,
+                                         pair=pair)
+        return explanation_pb2.CurationResult(
+            run_id=run_id, prototype=int(result["prototype"]), size_before=int(result["size_before"]),
+            size_after=int(result["size_after"]), removed_per_class=[int(v) for v in result["removed_per_class"]],
+            key=result["key"], scope=SCOPE_VALUES[result["scope"]], pair=[int(v) for v in result["pair"]])
+
+
+def class_explanation_to_proto(run_id: str, entry: dict) -> explanation_pb2.ClassExplanation:
+    message = explanation_pb2.ClassExplanation(
+        run_id=run_id, class_index=int(entry["class"]), class_name=str(entry.get("name", entry["class"])),
+        num_samples=int(entry.get("n_samples", 0)), shared_prototypes=[int(m) for m in entry.get("shared", [])],
+        statements=[str(s) for s in entry.get("statements", [])], json=json.dumps(entry))
+    for number, group in enumerate(entry.get("specialized", [])):
+        message.specialized.append(explanation_pb2.SpecializedGroup(
+            group=number, prototypes=[int(m) for m in group.get("prototypes", [])],
+            fractions=[float(f) for f in group.get("fractions", [])], num_samples=int(group.get("size", 0))))
+    for key_ckpt in entry.get("key_checkpoints", []):
+        item = message.key_checkpoints.add(step=int(key_ckpt["step"]), next_step=int(key_ckpt.get("next_step", 0)),
+                                           confidence_change=float(key_ckpt.get("confidence_change", 0.0)))
+        for driver in key_ckpt.get("prototypes", []):
+            item.prototypes.append(explanation_pb2.DrivingPrototype(
+                prototype=int(driver["prototype"]), weight=float(driver.get("weight", 0.0)),
+                separates_from=[explanation_pb2.Opponent(class_index=int(o["class"]), weight=float(o.get("weight", 0.0)))
+                                for o in driver.get("separates_from", [])]))
+    return message
+
+
+def pair_analysis_to_proto(run_id: str, analysis: dict, confused: dict) -> explanation_pb2.PairAnalysis:
+    if "a" not in analysis:
+        raise InvalidArgument("the explanation has no pair analysis", field="run_id")
+    message = explanation_pb2.PairAnalysis(
+        run_id=run_id, class_a=int(analysis["a"]), class_b=int(analysis["b"]),
+        names=[str(n) for n in analysis.get("names", [])], steps=[int(s) for s in analysis.get("steps", [])],
+        uncertain_prototypes=[int(u["prototype"]) for u in analysis.get("uncertain", [])],
+        reliable_prototypes=[int(r["prototype"]) for r in analysis.get("reliable", [])],
+        a_to_b=int(confused.get("a_to_b", 0)), b_to_a=int(confused.get("b_to_a", 0)), json=json.dumps(analysis))
+    if analysis.get("uncertain_prototype") is not None:
+        message.uncertain_prototype = int(analysis["uncertain_prototype"])
+    for row in analysis.get("prototypes", []):
+        favours = row.get("favours")
+        message.prototypes.append(explanation_pb2.PrototypeRole(
+            prototype=int(row["prototype"]), verdict=VERDICTS.get(row.get("category"), 0),
+            favours=int(favours) if isinstance(favours, int) else -1, flips=int(row.get("flips", 0)),
+            unsupported_flips=int(row.get("unsupported_flips", 0)), score=float(row.get("score", 0.0)),
+            presence_a=float(row.get("presence_a", 0.0)), presence_b=float(row.get("presence_b", 0.0)),
+            contribution=[float(v) for v in row.get("contribution", [])]))
+    return message

@@ -1,0 +1,139 @@
+"""TrainingService over i2x.engine.stages: create/register/list runs, train, fine-tune."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from i2x.engine import stages
+from i2x.engine.params import FinetuneParams
+from i2x.servicers import (StageServicer, count, dataset_spec, finetune_params, model_spec, number, run_id_of,
+                           run_to_proto, stage_progress, train_config)
+from i2x.storage import run_key
+from i2x.storage.base import check_key
+from i2x.v1 import training_pb2, training_pb2_grpc
+
+
+class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer):
+    service = "training"
+
+    def job_function(self, kind, run_id, params):
+        store = self.store
+        if kind == "train":
+            return lambda ctx: _train_summary(stages.train_run(store, run_id, **stage_progress(ctx)))
+        if kind == "register":
+            pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
+            return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs))
+        if kind == "finetune":
+            return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
+                                                   **stage_progress(ctx))
+        return None
+
+    async def CreateRun(self, request, context):
+        run_id = run_id_of(request)
+        kwargs = {"model": model_spec(request.model), "dataset": dataset_spec(request.dataset),
+                  "train": train_config(request.train) if request.HasField("train") else None,
+                  "overwrite": request.overwrite}
+        if request.HasField("explanation_fraction"):
+            kwargs["explanation_fraction"] = number(request.explanation_fraction, "explanation_fraction",
+                                                    high=1.0, low_open=True)
+        if request.HasField("explanation_seed"):
+            kwargs["explanation_seed"] = count(request.explanation_seed, "explanation_seed", low=0, high=2**32 - 1)
+        await asyncio.to_thread(stages.create_run, self.store, run_id, **kwargs)
+        return run_to_proto(await asyncio.to_thread(stages.get_run, self.store, run_id))
+
+    async def StartTraining(self, request, context):
+        run_id = run_id_of(request)
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
+        if record.get("train") is None:
+            raise FailedPrecondition(f"run {run_id!r} has no train config; create it with one or register "
+                                     "checkpoints instead", field="run_id")
+        return await self.start("train", run_id, {})
+
+    async def RegisterCheckpoints(self, request, context):
+        run_id = run_id_of(request)
+        if not request.checkpoints:
+            raise InvalidArgument("give at least one checkpoint", field="checkpoints")
+        steps = set()
+        for i, ref in enumerate(request.checkpoints):
+            count(ref.step, f"checkpoints[{i}].step", low=0, high=2**62)
+            if ref.step in steps:
+                raise InvalidArgument(f"step {ref.step} appears twice", field=f"checkpoints[{i}].step")
+            steps.add(ref.step)
+            try:
+                check_key(ref.key)
+            except InvalidArgument as exc:
+                raise InvalidArgument(exc.message, field=f"checkpoints[{i}].key") from None
+            if not await asyncio.to_thread(self.store.exists, ref.key):
+                raise NotFound(f"no object {ref.key!r} in the store {self.store.url}; upload the checkpoint "
+                               "first (the SDK's register_checkpoints does)", field=f"checkpoints[{i}].key")
+        params = {"checkpoints": [{"step": int(ref.step), "key": ref.key} for ref in request.checkpoints]}
+        return await self.start("register", run_id, params)
+
+    async def GetRun(self, request, context):
+        return run_to_proto(await asyncio.to_thread(stages.get_run, self.store, run_id_of(request)))
+
+    async def ListRuns(self, request, context):
+        return training_pb2.ListRunsResponse(run_ids=await asyncio.to_thread(stages.list_runs, self.store))
+
+    async def StartFinetune(self, request, context):
+        run_id = run_id_of(request)
+        return await self.start("finetune", run_id, finetune_params(request.params).to_dict())
+
+    async def GetFinetuneTable(self, request, context):
+        run_id = run_id_of(request)
+        key = run_key(run_id, "finetune", "table.json")
+        table = await asyncio.to_thread(self._require_json, run_id, key, "fine-tuning")
+        return finetune_table_to_proto(run_id, table, key)
+
+    async def GetEvaluation(self, request, context):
+        run_id = run_id_of(request)
+        key = run_key(run_id, "evaluation", "final.npz")
+        await asyncio.to_thread(stages.get_run, self.store, run_id)
+        if not await asyncio.to_thread(self.store.exists, key):
+            raise FailedPrecondition(f"run {run_id!r} has no evaluation yet: train it or register checkpoints",
+                                     field="run_id")
+        confusion = (await asyncio.to_thread(self.store.get_npz, key))["confusion"]
+        total = int(confusion.sum())
+        return training_pb2.Evaluation(run_id=run_id, accuracy=float(np.trace(confusion) / total) if total else 0.0,
+                                       num_classes=int(confusion.shape[0]),
+                                       confusion=[int(v) for v in confusion.ravel()], key=key)
+
+    def _require_json(self, run_id: str, key: str, stage: str) -> dict:
+        stages.get_run(self.store, run_id)
+        if not self.store.exists(key):
+            raise FailedPrecondition(f"run {run_id!r} has no {stage} result yet: run the {stage} job first",
+                                     field="run_id")
+        return self.store.get_json(key)
+
+
+def _train_summary(index: dict) -> dict:
+    """The job result: steps and accuracy, not every checkpoint's metadata."""
+    checkpoints = index.get("checkpoints", [])
+    return {"steps": [int(c["step"]) for c in checkpoints], "num_checkpoints": len(checkpoints),
+            "accuracy": index.get("accuracy")}
+
+
+def _mean_std(value) -> training_pb2.MeanStd:
+    if isinstance(value, dict):
+        return training_pb2.MeanStd(mean=float(value.get("mean", 0.0)), std=float(value.get("std", 0.0)))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return training_pb2.MeanStd(mean=float(value[0]), std=float(value[1]))
+    return training_pb2.MeanStd(mean=float(value or 0.0))
+
+
+def finetune_table_to_proto(run_id: str, table: dict, key: str) -> training_pb2.FinetuneTable:
+    pair = table.get("pair") or [0, 0]
+    message = training_pb2.FinetuneTable(run_id=run_id, class_a=int(pair[0]), class_b=int(pair[1]), key=key,
+                                         markdown_key=key[: -len("table.json")] + "table.md")
+    rows = table.get("rows", [])
+    if isinstance(rows, dict):
+        rows = [{"protocol": name, **row} for name, row in rows.items()]
+    for row in rows:
+        message.rows.append(training_pb2.FinetuneRow(
+            protocol=str(row.get("protocol", "")), accuracy=_mean_std(row.get("accuracy")),
+            a_to_b=_mean_std(row.get("a_to_b")), b_to_a=_mean_std(row.get("b_to_a")),
+            sum=_mean_std(row.get("sum")), repeats=int(row.get("repeats", table.get("repeats", 0)) or 0)))
+    return message

@@ -1,0 +1,79 @@
+"""Real services on loopback port 0, one real local Ray per session, both store backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from s3server import ACCESS_KEY, SECRET_KEY
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (startup ~3 s); the interpretation service joins it."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def write_tiny_npz(path, n_train: int = 48, n_test: int = 24, n_classes: int = 3, seed: int = 0) -> str:
+    """A learnable toy set: class c is a bright 8x8 square at one of three positions, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        labels = np.arange(n) % n_classes
+        images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            r, col = [(2, 2), (10, 16), (18, 6)][c]
+            images[i, r:r + 8, col:col + 8] = 220
+        return images, labels.astype(np.int64)
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+def _local_pair(tmp_path):
+    from i2x.client import open_reader
+    from i2x.storage import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    return store, open_reader(str(store.root))
+
+
+def _s3_pair(s3_server):
+    from i2x.client.store import S3Reader
+
+    store = s3_server.store()
+    return store, S3Reader(store.url, endpoint=s3_server.endpoint, secure=False, access_key=ACCESS_KEY,
+                           secret_key=SECRET_KEY, region="us-east-1")
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def backend(request, tmp_path_factory):
+    """(server-side Store, client-side reader) over the same storage."""
+    if request.param == "local":
+        return _local_pair(tmp_path_factory.mktemp(request.param))
+    return _s3_pair(request.getfixturevalue("s3_server"))
+
+
+def start_services(store, **kwargs):
+    from i2x.servicers import ServicesInThread
+
+    return ServicesInThread(("training", "interpretation", "clustering", "explanation"), store, **kwargs)
+
+
+def client_for(services, reader=None, **kwargs):
+    from i2x.client import Client
+
+    return Client(**{name: services.address(name) for name in services.ports}, store=reader, retries=2, **kwargs)
