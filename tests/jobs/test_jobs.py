@@ -321,3 +321,27 @@ def test_shutdown_interrupt_leaves_job_for_recovery(store):
 
 def test_job_states_constant():
     assert JOB_STATES == ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def test_watch_and_cancel_a_job_another_process_owns(store):
+    owner, gate = JobManager(store, "training"), threading.Event()
+    job = owner.submit("train", "r", {}, lambda ctx: gate.wait(WAIT) and {"n": 1})
+    observer = JobManager(store, "training")  # sees the job only through the store
+
+    async def follow():
+        events = []
+        async for event in observer.watch(job.job_id):
+            events.append(event)
+            gate.set()
+        return events
+
+    events = asyncio.run(asyncio.wait_for(follow(), WAIT))
+    assert events[0].state in ("QUEUED", "RUNNING") and events[-1].state == "SUCCEEDED"
+    assert observer.wait(job.job_id, timeout=WAIT).result == {"n": 1}
+    owner.shutdown()
+    # A job left RUNNING by a dead process can be cancelled by whoever holds the store.
+    store.put_json("jobs/training/orphan.json", JobRecord(
+        job_id="orphan", service="training", kind="train", run_id="r", state="RUNNING").to_dict())
+    assert observer.cancel("orphan").state == "CANCELLED"
+    assert JobManager(store, "training").get("orphan").state == "CANCELLED"
+    observer.shutdown()
