@@ -69,6 +69,7 @@ class S3Store(Store):
         self.endpoint = endpoint
         self.bucket = bucket
         self.secure = bool(secure)
+        self.region = region or None
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._where = f"{'https' if self.secure else 'http'}://{endpoint} (bucket {bucket!r})"
