@@ -199,7 +199,8 @@ def test_build_explanation_end_to_end():
     conf = np.linspace(0.5, 0.9, 5)[:, None, None] * np.array([1.0, 0.0]) + np.array([0.0, 0.1])
     conf = np.broadcast_to(conf, (5, 4, 2)).copy()
     out = build_explanation(classes=["two", "seven"], assignments=assignments, labels=labels, confidences=conf,
-                            W=W, steps=[0, 10, 20, 30, 40], confusion=np.array([[10, 3], [2, 10]]), n_prototypes=4)
+                            W=W, steps=[0, 10, 20, 30, 40], confusion=np.array([[10, 3], [2, 10]]), n_prototypes=4,
+                            tau=0.5, lam=2.0)
     assert json.loads(json.dumps(out)) == out
     assert out["most_confused_pair"] == {"a": 0, "b": 1, "names": ["two", "seven"], "count": 5, "a_to_b": 3,
                                          "b_to_a": 2, "source": "confusion"}
@@ -209,6 +210,8 @@ def test_build_explanation_end_to_end():
     assert out["curation"]["scopes"]["all"] == {"size_before": 4, "size_after": 1, "removed": 3,
                                                 "removed_per_class": [2, 1], "removed_indices": [0, 1, 2]}
     assert out["samples_per_class"] == [2, 2] and out["parameters"]["n_prototypes"] == 4
+    assert out["parameters"]["tau"] == 0.5 and out["parameters"]["lam"] == 2.0
+    assert "min_cluster_size" not in out["parameters"]  # recorded only when given
 
 
 def test_build_explanation_rejects_empty_class():

@@ -426,9 +426,13 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
                       min_confidence_change: float = 0.01, weight_fraction: float = 0.5,
                       opponent_fraction: float = 0.5, min_weight: float = 0.0,
                       min_presence_fraction: float = 0.5, min_contribution_fraction: float = 0.1,
-                      random_state: int = 0, extra_parameters: dict | None = None) -> dict:
+                      random_state: int = 0, tau: float | None = None, lam: float | None = None,
+                      min_cluster_size: int | None = None, min_samples: int | None = None,
+                      extra_parameters: dict | None = None) -> dict:
     """Everything in explanation.json (schema: docs/EXPLANATION.md). `classes`: the K class names.
-    `pair`: analyse this (a, b) instead of the most confused pair of `confusion`."""
+    `pair`: analyse this (a, b) instead of the most confused pair of `confusion`.
+    tau, lam, min_cluster_size, min_samples (the Eq. 5-8 settings that produced W) and
+    extra_parameters are only recorded in "parameters", when given."""
     class_names = [str(name) for name in classes]
     n_classes = len(class_names)
     pres = presence(assignments, n_prototypes)
@@ -490,6 +494,8 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         "min_contribution_fraction": float(min_contribution_fraction), "curation_scope": curation_scope,
         "random_state": int(random_state),
     }
+    recorded = {"tau": tau, "lam": lam, "min_cluster_size": min_cluster_size, "min_samples": min_samples}
+    parameters.update({name: value for name, value in recorded.items() if value is not None})
     parameters.update(_jsonable(extra_parameters or {}))
     starts, ends = _pair_steps(steps, confidences.shape[0] - 1)
     checkpoint_steps = starts + [ends[-1]] if ends and ends[-1] is not None else None
