@@ -195,12 +195,13 @@ def confusion_matrices(panels: Sequence[tuple[str, np.ndarray]], class_names: Se
     K = len(class_names)
     size = min(4.2 + 0.25 * K, 9)
     fig = Figure(figsize=(size * len(panels) + 1.0, size + 0.4), layout="constrained")
+    for title, confusion in panels:
+        if np.shape(confusion) != (K, K):
+            raise InvalidArgument(f"confusion matrix '{title}' has shape {np.shape(confusion)}, expected ({K}, {K}) "
+                                  "for the run's classes", field="confusion")
     errors_max = max(float(np.max(np.asarray(c, float) * (1 - np.eye(K)))) for _, c in panels) or 1.0
     for n, (title, confusion) in enumerate(panels):
         confusion = np.asarray(confusion, dtype=float)
-        if confusion.shape != (K, K):
-            raise InvalidArgument(f"confusion matrix '{title}' has shape {confusion.shape}, expected ({K}, {K}) "
-                                  "for the run's classes", field="confusion")
         ax = fig.add_subplot(1, len(panels), n + 1)
         off_diagonal = np.where(np.eye(K, dtype=bool), np.nan, confusion)
         image = ax.imshow(off_diagonal, cmap="Reds", vmin=0, vmax=errors_max)

@@ -24,7 +24,7 @@ figure{margin:1em 0 1.6em}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:0.9em;color:#4a5262;margin-top:4px}
 .answers{background:#f2f6fb;border-left:4px solid #0072B2;padding:8px 16px;margin:0.8em 0}
 .answers dt{font-weight:600;margin-top:0.5em}.answers dd{margin:0.1em 0 0.3em 0}
-.warn{color:#b24a00;font-weight:600}.proto{font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:600}
+.warn{color:#b24a00;font-weight:600}.proto{font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:600;white-space:nowrap}
 nav ul{columns:3;padding-left:1.2em}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:18px}.side>div{min-width:0}
 .note{color:#5a6474;font-size:0.92em}
@@ -69,13 +69,13 @@ def percent(x: float | None) -> str:
 # -- overview -----------------------------------------------------------------------------------
 def describe_model(meta: dict) -> str:
     model = meta.get("model") or {}
-    parts = [str(model.get("arch", model.get("name", "model")))]
+    text = escape(str(model.get("arch", model.get("name", "model"))))
     extra = {k: model[k] for k in ("num_classes", "in_channels", "image_size") if k in model}
     if extra:
-        parts.append("(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()) + ")")
+        text += " (" + ", ".join(f"{k.replace('_', ' ')} {escape(str(v))}" for k, v in extra.items()) + ")"
     if meta.get("target_layer"):
-        parts.append(f"; saliency at layer <code>{escape(str(meta['target_layer']))}</code>")
-    return " ".join(escape(x) if not x.startswith(";") else x for x in parts)
+        text += f"; saliency at layer <code>{escape(str(meta['target_layer']))}</code>"
+    return text
 
 
 def describe_data(meta: dict, run: RunData) -> str:
