@@ -72,11 +72,10 @@ def print_summary(store, result, seconds: float) -> None:
     print(f"Results folder: {folder}")
     index = store.get_json(stages.run_key(result.run_id, "checkpoints", "index.json"))
     print(f"  final test accuracy {index['accuracy'] * 100:.2f}% over {len(run['checkpoints'])} checkpoints")
-    pair = explanation.get("pair") or {}
+    pair = explanation.get("most_confused_pair") or {}
     if pair:
-        a, b = pair["classes"]
-        print(f"  most confused pair: {classes[a]} / {classes[b]} "
-              f"({pair.get('confusions', '?')} test confusions)")
+        print(f"  most confused pair: {classes[pair['a']]} / {classes[pair['b']]} "
+              f"({pair['a_to_b']} + {pair['b_to_a']} = {pair['count']} test confusions)")
     if explanation.get("uncertain_prototype") is not None:
         print(f"  uncertain prototype: P-{explanation['uncertain_prototype']}")
     if result.finetune:

@@ -27,6 +27,7 @@ def run_pipeline(store: Store, run_id: str, *, model: dict, dataset: dict, train
                  interpret: InterpretParams | None = None, prototypes: PrototypeParams | None = None,
                  clusters: ClusterParams | None = None, explain: ExplainParams | None = None,
                  finetune: FinetuneParams | None = None, report: bool = True,
+                 explanation_fraction: float = 0.1, explanation_seed: int = 42,
                  progress: Callable[[str, int, int, str], None] | None = None, cancel=None) -> PipelineResult:
     """Train (unless the run already has checkpoints), interpret, cluster, explain, curate,
     optionally fine-tune, and render the report. Every stage skips finished work, so a
@@ -52,7 +53,8 @@ def run_pipeline(store: Store, run_id: str, *, model: dict, dataset: dict, train
         timings[name] = round(time.perf_counter() - start, 3)
         return result
 
-    timed("create", stages.create_run, store, run_id, model=model, dataset=dataset, train=train)
+    timed("create", stages.create_run, store, run_id, model=model, dataset=dataset, train=train,
+          explanation_fraction=explanation_fraction, explanation_seed=explanation_seed)
     if not stages.get_run(store, run_id)["checkpoints"]:
         timed("train", stages.train_run, store, run_id, progress=stage_progress("train"), cancel=cancel)
     timed("interpret", stages.interpret_run, store, run_id, interpret, progress=stage_progress("interpret"),

@@ -46,10 +46,18 @@ def _check(cancel) -> None:
 
 def _require(store: Store, key: str, what: str, stage: str) -> None:
     if not store.exists(key):
-        raise FailedPrecondition(f"{what} is missing ({key}): run the {stage} stage first", field="run_id")
+        raise FailedPrecondition(f"{what} not there yet ({key}): run the {stage} stage first", field="run_id")
 
 
 # ---------------------------------------------------------------- runs
+
+def _train_config(train: dict):
+    """A TrainConfig from a preset name plus overrides ({"preset": "demo", "epochs": 3})."""
+    from i2x.core.training import TrainConfig
+
+    settings = {k: v for k, v in dict(train).items() if v is not None}
+    return TrainConfig.from_preset(settings.pop("preset", "demo"), **settings)
+
 
 def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: dict | None = None,
                explanation_fraction: float = 0.1, explanation_seed: int = 42, overwrite: bool = False) -> dict:
@@ -60,7 +68,6 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
     An existing run with the same specs is returned as it is; with other specs it is an error
     unless overwrite.
     """
-    from i2x.core.training import TrainConfig
     from i2x.data import DatasetSpec, dataset_stats, explanation_indices, load_dataset
     from i2x.models import ModelSpec, build_model, default_target_layer, resolve_layer
 
@@ -69,7 +76,7 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
         raise InvalidArgument(f"must be in (0, 1], got {explanation_fraction}", field="explanation_fraction")
     model_spec = ModelSpec.from_dict(model)
     data_spec = DatasetSpec.from_dict(dataset)
-    train_config = TrainConfig.from_dict(train) if train is not None else None
+    train_config = _train_config(train) if train is not None else None
     wanted = {
         "model": model_spec.to_dict(),
         "dataset": data_spec.to_dict(),
@@ -523,7 +530,7 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
     _report(progress, 2, 3, "structured explanation")
     explanation = build_explanation(
         classes=record["classes"], assignments=assignments, labels=labels, confidences=interp["confidences"],
-        W=dyn.W, steps=dyn.steps, confusion=confusion, n_prototypes=n_prototypes,
+        W=dyn.W, steps=interp["steps"], confusion=confusion, n_prototypes=n_prototypes,
         pair=tuple(params.pair) if params.pair else None, curation_scope=params.curation_scope,
         tau=params.tau, lam=params.lam, **params.extra)
     explanation["run_id"] = run_id
@@ -549,7 +556,7 @@ def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope
     explanation = get_explanation(store, run_id)
     if scope not in ("all", "pair"):
         raise InvalidArgument(f"must be 'all' or 'pair', got {scope!r}", field="scope")
-    pair = list(pair) if pair else list(explanation["pair"]["classes"])
+    pair = list(pair) if pair else [explanation["most_confused_pair"]["a"], explanation["most_confused_pair"]["b"]]
     if prototype is None:
         prototype = explanation["uncertain_prototype"]
         if prototype is None:
