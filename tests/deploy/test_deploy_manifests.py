@@ -163,8 +163,13 @@ def test_probes_are_native_grpc_on_declared_ports(overlay):
         assert [p["port"] for p in service["spec"]["ports"]] == [SERVICE_PORTS[svc]]
         assert selects_labels(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
         assert c["args"] == ["serve", svc]
-        # A starting process takes over every unfinished job in the store (JobManager.recover):
-        # one replica per service, and updates must not overlap the old and the new pod.
+
+
+def test_one_process_per_service_never_overlapping(overlay):
+    """A starting process takes over every unfinished job in the store (JobManager.recover):
+    two live replicas, or an old and a new pod during a rolling update, would run jobs twice."""
+    name, docs = overlay
+    for svc, deployment in service_deployments(docs).items():
         assert deployment["spec"]["replicas"] == 1, f"{name}/{svc}: replicas > 1 would run jobs twice"
         assert deployment["spec"]["strategy"]["type"] == "Recreate", f"{name}/{svc}"
 
@@ -382,3 +387,21 @@ def test_network_policies_open_exactly_the_paths_i2x_uses(overlay):
     api_server = Endpoint.external("10.96.0.1")
     assert allowed(policies, head, api_server, 443)
     assert not any(allowed(policies, w, api_server, 6443) for w in workers)
+
+
+def test_deploy_doc_names_what_the_overlays_render():
+    """Every namespace, Service and Deployment DEPLOY.md's kubectl commands name exists."""
+    rendered = {overlay: render(K8S / "overlays" / overlay) for overlay in OVERLAYS}
+    names = {(d["kind"], d["metadata"]["name"]) for docs in rendered.values() for d in docs}
+    kubectl_lines = [c for c in deploy_doc_commands() if c.startswith("kubectl ")]
+    assert kubectl_lines
+    for line in kubectl_lines:
+        for ns in re.findall(r"-n (\S+)", line):
+            assert ns in NAMESPACES.values(), f"DEPLOY.md: unknown namespace in `{line}`"
+        for kind, ref in re.findall(r"(?:^|\s)(svc|deployment|deploy|job|raycluster)/([\w-]+)(?=\s|$)", line):
+            full = {"svc": "Service", "deployment": "Deployment", "deploy": "Deployment", "job": "Job",
+                    "raycluster": "RayCluster"}[kind]
+            assert (full, ref) in names or (full == "Service" and ref == "i2x-ray-head-svc"), (
+                f"DEPLOY.md names {kind}/{ref}, which no overlay renders")
+        for kind, ref in re.findall(r"get (raycluster) ([\w-]+)", line):
+            assert ("RayCluster", ref) in names
