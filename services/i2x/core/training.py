@@ -183,14 +183,15 @@ def train(model: nn.Module, train: "ArrayDataset", config: TrainConfig, *, mean,
             if scheduler is not None:
                 scheduler.step()
             step += 1
-            interval["loss"] += float(loss.detach())
+            loss_value = float(loss.detach())
+            interval["loss"] += loss_value
             interval["batches"] += 1
             interval["correct"] += int((logits.detach().argmax(1) == y).sum())
             interval["seen"] += len(batch)
             if step % config.checkpoint_every == 0 or step == total:
                 emit(step, epoch + 1 if step % per_epoch == 0 else epoch)
             if progress is not None:
-                progress(step, total, f"epoch {epoch + 1}/{config.epochs} loss {float(loss):.4f}")
+                progress(step, total, f"epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}")
     return records
 
 

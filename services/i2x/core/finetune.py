@@ -1,0 +1,125 @@
+"""Fine-tuning protocols of the paper's section 3.5 (Table 1).
+
+Every protocol starts from the final model. A stage is one epoch on the full explanation set
+("full") or on the curated set ("curated"); "a->b" runs stage a then stage b. Each protocol is
+repeated R times; repeat r seeds its data order with ``seed + r`` (stage i of a protocol uses
+``seed + r + 10_000 * i`` so that full->full does not replay one order twice). The same repeat
+uses the same seeds in every protocol, so protocols differ only in their data.
+
+Reported per protocol: test accuracy and the pair's confusions a->b (true a predicted b), b->a and
+their sum, as mean and sample standard deviation (ddof=1; 0 for a single repeat) over repeats.
+Accuracy is a fraction in the JSON and a percentage in the Markdown table.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from i2x.core.errors import Cancelled, InvalidArgument
+from i2x.core.training import TrainConfig, evaluate, train
+
+PROTOCOLS = ("full", "curated", "full->full", "curated->curated", "curated->full")
+_STAGE_SEED_STRIDE = 10_000
+_METRICS = ("accuracy", "a_to_b", "b_to_a", "sum")
+
+
+def run_protocols(build: Callable[[], nn.Module], final_state: dict, full, curated, test, pair: tuple[int, int], *,
+                  mean, std, protocols=PROTOCOLS, repeats: int = 5, lr: float = 1e-4, batch_size: int = 64,
+                  optimizer: str = "adam", seed: int = 0, device: str = "cpu", progress=None, cancel=None) -> dict:
+    """Run `protocols` x `repeats` fine-tunings from `final_state` and evaluate each on `test`."""
+    from i2x.models import load_weights
+
+    a, b = _validate(pair, protocols, repeats, full, curated, test)
+    stage_sets = {"full": full, "curated": curated}
+    total = repeats * sum(len(p.split("->")) for p in protocols)
+    done = 0
+
+    def pair_metrics(model) -> dict:
+        result = evaluate(model, test, mean=mean, std=std)
+        confusion = result["confusion"]
+        a_to_b, b_to_a = int(confusion[a, b]), int(confusion[b, a])
+        return {"accuracy": result["accuracy"], "a_to_b": a_to_b, "b_to_a": b_to_a, "sum": a_to_b + b_to_a}
+
+    baseline_model = build()
+    load_weights(baseline_model, final_state)
+    baseline_model.to(device)
+    baseline = pair_metrics(baseline_model)
+
+    rows = []
+    for protocol in protocols:
+        runs = []
+        for r in range(repeats):
+            model = build()
+            load_weights(model, final_state)
+            for i, stage in enumerate(protocol.split("->")):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"fine-tuning cancelled during {protocol} repeat {r + 1}/{repeats}")
+                config = TrainConfig(preset="finetune", epochs=1, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                     schedule="constant", checkpoint_every=10**9, seed=seed + r + _STAGE_SEED_STRIDE * i,
+                                     device=device)
+                train(model, stage_sets[stage], config, mean=mean, std=std, on_checkpoint=lambda _c: None,
+                      cancel=cancel)
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{protocol} repeat {r + 1}/{repeats} stage {stage}")
+            runs.append({"seed": seed + r, **pair_metrics(model)})
+        row = {"protocol": protocol}
+        row.update({metric: _mean_std([run[metric] for run in runs]) for metric in _METRICS})
+        row["runs"] = runs
+        rows.append(row)
+    return {"pair": [a, b], "rows": rows, "repeats": repeats, "baseline": baseline,
+            "settings": {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed,
+                         "epochs_per_stage": 1, "n_full": len(full), "n_curated": len(curated), "n_test": len(test)}}
+
+
+def table_markdown(result: dict, classes: list[str]) -> str:
+    """Table 1 as Markdown: one row per protocol, "mean ± std"; accuracy in percent."""
+    a, b = result["pair"]
+    name_a, name_b = classes[a], classes[b]
+    lines = [f"| protocol | Acc. (%) | {name_a}→{name_b} | {name_b}→{name_a} | sum |", "|---|---|---|---|---|"]
+    base = result.get("baseline")
+    if base:
+        lines.append(f"| final model (no fine-tuning) | {100 * base['accuracy']:.2f} | {base['a_to_b']} | "
+                     f"{base['b_to_a']} | {base['sum']} |")
+    for row in result["rows"]:
+        acc = row["accuracy"]
+        cells = [f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"]
+        cells += [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in ("a_to_b", "b_to_a", "sum")]
+        lines.append(f"| {row['protocol'].replace('->', ' → ')} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± sample std over {result['repeats']} repeats; a→b counts test images of class a "
+                 "predicted as b.")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std}
+
+
+def _validate(pair, protocols, repeats, full, curated, test) -> tuple[int, int]:
+    if len(pair) != 2 or int(pair[0]) == int(pair[1]):
+        raise InvalidArgument(f"pair must be two different classes, got {pair}", field="pair")
+    a, b = int(pair[0]), int(pair[1])
+    k = len(test.classes)
+    if not (0 <= a < k and 0 <= b < k):
+        raise InvalidArgument(f"pair classes must be in 0..{k - 1}, got {pair}", field="pair")
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise InvalidArgument(f"unknown protocols {unknown or list(protocols)}; choose from {list(PROTOCOLS)}",
+                              field="protocols")
+    if repeats < 1:
+        raise InvalidArgument(f"repeats must be >= 1, got {repeats}", field="repeats")
+    if len(full) == 0:
+        raise InvalidArgument("the full fine-tuning set is empty", field="full")
+    if any("curated" in p for p in protocols) and len(curated) == 0:
+        raise InvalidArgument("the curated set is empty (every sample contains the uncertain prototype); "
+                              "curate from the pair's classes only or drop the curated protocols",
+                              field="curated")
+    if len(test) == 0:
+        raise InvalidArgument("the test set is empty", field="test")
+    return a, b
