@@ -101,6 +101,7 @@ def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class
                  "sum": {"mean": 16.0 - 1.5 * i, "std": 1.2}}
                 for i, p in enumerate(["full", "curated", "full->full", "curated->curated", "curated->full"])]
         store.put_json(key("finetune", "table.json"),
-                       {"pair": [a, b], "repeats": 5, "rows": rows, "prototype": explanation["uncertain_prototype"],
+                       {"pair": [a, b], "repeats": 5, "rows": rows,
+                        "baseline": {"accuracy": 0.9034, "a_to_b": 14, "b_to_a": 9, "sum": 23}, "prototype": explanation["uncertain_prototype"],
                         "confusions": {"curated->full": after.tolist()}})
     return explanation

@@ -196,6 +196,7 @@ def test_report_answers_the_four_questions_per_class_in_words(store, report):
     assert f"{summary['size_before']} &rarr; {summary['size_after']} samples" in overview
     # Table 1 in HTML: the curated->full row with accuracy 0.97 +- 0.002 as percent.
     assert re.search(r"<td>curated-&gt;full</td><td class=num>97.00 \u00b1 0.20</td>", report)
+    assert "<td>final model (no fine-tuning)</td><td class=num>90.34</td>" in report
 
 
 def test_report_of_a_run_without_explanation_says_what_is_missing(tmp_path):

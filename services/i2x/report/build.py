@@ -145,7 +145,10 @@ def overview_figures(run: RunData) -> list[Rendered]:
     if table and table.get("rows"):
         pair = run_pair(run)
         names = (run.name(pair[0]), run.name(pair[1])) if pair else None
-        out.append(Rendered("finetune-table.png", F.to_png(F.finetune_table(table["rows"], pair_names=names)),
+        rows = list(table["rows"])
+        if table.get("baseline"):
+            rows.insert(0, {"protocol": "final model (no fine-tuning)", **table["baseline"]})
+        out.append(Rendered("finetune-table.png", F.to_png(F.finetune_table(rows, pair_names=names)),
                             "Table 1: fine-tuning protocols from the final model."))
     return out
 

@@ -11,6 +11,7 @@ import io
 import textwrap
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -22,6 +23,7 @@ DPI = 110
 # Colour-blind friendly cycle (Okabe-Ito) for the few prototypes a figure highlights.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#882255", "#56B4E9", "#44AA99", "#000000"]
 UNCERTAIN_COLOR = "#D55E00"
+_JET = matplotlib.colormaps["jet"]
 
 
 def proto(m: int) -> str:
@@ -113,8 +115,8 @@ def class_timeline(steps, mean_confidence, events: Sequence[tuple[int, int | Non
     if not lines:
         lines = [("black", ["no key checkpoint: no confidence change of this class was carried by a prototype"])]
     n_lines = sum(len(wrapped) for _, wrapped in lines)
-    fig = Figure(figsize=(8, 3.3 + 0.2 * n_lines))
-    grid = fig.add_gridspec(2, 1, height_ratios=[3.0, 0.2 * n_lines + 0.1], hspace=0.32)
+    fig = Figure(figsize=(8, 3.6 + 0.2 * n_lines))
+    grid = fig.add_gridspec(2, 1, height_ratios=[3.0, 0.2 * n_lines + 0.1], hspace=0.1 + 1.0 / (3.0 + 0.2 * n_lines))
     ax = fig.add_subplot(grid[0])
     ax.plot(steps, mean_confidence, color="black", lw=2, marker="o", ms=3)
     ax.set_ylim(-0.05, 1.12)
@@ -335,7 +337,11 @@ def prototype_gallery(images: np.ndarray, saliency: np.ndarray, assignments: np.
             extent = (left, right, bottom, top)
             ax.imshow(crop[..., 0] if C == 1 else crop, cmap="gray" if C == 1 else None, extent=extent,
                       vmin=0, vmax=255)
-            ax.imshow(np.clip(heat, 0, 1), cmap="jet", alpha=0.35, vmin=0, vmax=1, extent=extent)
+            # Saliency as colour whose opacity grows with it: low-saliency input stays visible.
+            heat = np.clip(heat, 0, 1)
+            overlay = _JET(heat)
+            overlay[..., 3] = 0.6 * heat
+            ax.imshow(overlay, extent=extent)
             ax.add_patch(Rectangle((j * W / w, i * H / h), W / w, H / h, fill=False, ec="white", lw=1.2))
             if labels is not None and class_names is not None:
                 sample = int(sample_ids[n]) if sample_ids is not None else n
@@ -352,7 +358,7 @@ def finetune_table(rows: Sequence[dict], *, pair_names: tuple[str, str] | None =
     header = ["protocol", "accuracy (%)", f"'{a}'\u2192'{b}'", f"'{b}'\u2192'{a}'", "sum"]
     cells = [[str(row.get("protocol", "?"))] + [format_mean_std(row.get(k), percent=(k == "accuracy"))
                                                 for k in ("accuracy", "a_to_b", "b_to_a", "sum")] for row in rows]
-    fig = Figure(figsize=(8, 0.45 * (len(cells) + 1) + 0.7))
+    fig = Figure(figsize=(8, 0.3 * (len(cells) + 1) + 0.4))
     ax = fig.add_subplot()
     ax.axis("off")
     table = ax.table(cellText=cells or [["(no rows)", "", "", "", ""]], colLabels=header, loc="center",

@@ -295,7 +295,13 @@ def finetune_html_table(run: RunData) -> str:
     table = run.finetune_table or {}
     pair = run.explanation.pair if run.explanation else None
     a, b = (q(run.name(pair.a)), q(run.name(pair.b))) if pair else ("a", "b")
-    rows = "".join(
+    rows = ""
+    base = table.get("baseline")
+    if base:  # the final model before any fine-tuning: the reference row
+        rows += (f"<tr><td>final model (no fine-tuning)</td><td class=num>{format_mean_std(base.get('accuracy'), percent=True)}"
+                 f"</td><td class=num>{base.get('a_to_b', '')}</td><td class=num>{base.get('b_to_a', '')}</td>"
+                 f"<td class=num>{base.get('sum', '')}</td></tr>")
+    rows += "".join(
         f"<tr><td>{escape(str(r.get('protocol')))}</td><td class=num>{format_mean_std(r.get('accuracy'), percent=True)}</td>"
         f"<td class=num>{format_mean_std(r.get('a_to_b'))}</td><td class=num>{format_mean_std(r.get('b_to_a'))}</td>"
         f"<td class=num>{format_mean_std(r.get('sum'))}</td></tr>" for r in table.get("rows", []))

@@ -1,0 +1,66 @@
+"""The report on a tiny real run: the engine's pipeline on 20 MNIST images per class, report included."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from i2x.storage import LocalStore
+
+from .test_report import ResourceAudit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from i2x.data import DatasetSpec, load_dataset
+    from i2x.engine.params import ClusterParams, FinetuneParams, PrototypeParams
+    from i2x.engine.pipeline import run_pipeline
+
+    splits = load_dataset(DatasetSpec(kind="mnist5k"))
+    rng = np.random.default_rng(0)
+
+    def take(data, per_class):
+        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(data.labels == c), per_class, replace=False)
+                                      for c in range(10)]))
+        return data.images[idx][..., 0], data.labels[idx]
+
+    x_train, y_train = take(splits.train, 20)
+    x_test, y_test = take(splits.test, 8)
+    path = tmp_path_factory.mktemp("data") / "tiny-mnist.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    store = LocalStore(tmp_path_factory.mktemp("store"))
+    result = run_pipeline(store, "tiny", model={"arch": "small_cnn", "in_channels": 1, "num_classes": 10,
+                                                "input_size": 28},
+                          dataset={"kind": "npz", "root": str(path)},
+                          train={"preset": "tiny", "batch_size": 32, "checkpoint_every": 2},
+                          prototypes=PrototypeParams(n_prototypes=8, n_components=8),
+                          clusters=ClusterParams(min_cluster_size=5),
+                          finetune=FinetuneParams(protocols=["full->full", "curated->full"], repeats=2),
+                          explanation_fraction=0.3)
+    return store, result
+
+
+def test_pipeline_report_on_a_real_run(tiny_run, output_dir):
+    store, result = tiny_run
+    assert result.report_key == "runs/tiny/report.html"
+    html = store.get_bytes(result.report_key).decode()
+    audit = ResourceAudit()
+    audit.feed(html)
+    assert audit.external == [] and audit.images >= 20
+    explanation = store.get_json("runs/tiny/explanation/explanation.json")
+    for entry in explanation["per_class"]:
+        assert f'id="class-{entry["class"]:02d}"' in html
+    figures = store.list("runs/tiny/figures/")
+    assert "runs/tiny/figures/confusion.png" in figures
+    for key in figures:
+        image = Image.open(io.BytesIO(store.get_bytes(key)))
+        assert image.format == "PNG" and image.size[0] >= 300
+    (output_dir / "report.html").write_text(html)
+    for key in figures:
+        if key.endswith(("confusion.png", "class-07-timeline.png", "gallery-01.png")) or "contributions" in key:
+            (output_dir / key.rsplit("/", 1)[1]).write_bytes(store.get_bytes(key))
