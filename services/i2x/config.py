@@ -40,6 +40,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_TORCH_THREADS", "0", "torch intra-op threads per worker (0: torch's default)"),
     Setting("I2X_HOST", "127.0.0.1", "address the gRPC server binds (0.0.0.0 in containers)"),
     Setting("I2X_PORT", "0", "gRPC port (0: the service's default port, see SERVICE_PORTS)"),
+    Setting("I2X_HEALTH_PORT", "0",
+            "extra plaintext port serving only grpc.health.v1, for probes when TLS is on (0: off)"),
     Setting("I2X_MAX_MESSAGE_MB", "64", "largest gRPC message, in MiB, both directions"),
     Setting("I2X_TLS_CERT", "", "PEM certificate file; TLS is on when this and I2X_TLS_KEY are set"),
     Setting("I2X_TLS_KEY", "", "PEM private key file", secret=True),

@@ -184,8 +184,14 @@ async def start_server(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     max_message_mb: float | None = None,
+    health_port: int | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """Build, bind and start a server; returns (server, bound port, health servicer)."""
+    """Build, bind and start a server; returns (server, bound port, health servicer).
+
+    health_port (I2X_HEALTH_PORT; 0 = off) adds a second, plaintext server that serves only
+    grpc.health.v1 from the same health servicer: Kubernetes' native gRPC probes cannot speak
+    TLS, so with TLS on they probe this port. serve_forever stops it with the main server.
+    """
     host = config.get("I2X_HOST", host)
     port = _resolve_port(service, port)
     token = config.get("I2X_API_TOKEN", token)
@@ -232,11 +238,39 @@ async def start_server(
     if not bound:
         raise Unavailable(f"cannot listen on {address} (port taken? choose another with I2X_PORT)", field="port")
     await server.start()
+    health_port = int(config.get("I2X_HEALTH_PORT", None if health_port is None else str(health_port)))
+    if health_port:
+        _HEALTH_ONLY_SERVERS[id(server)] = await _start_health_only(host, health_port, health)
     for name in ["", *names]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s listening on %s:%d%s%s", service, host, bound, " (TLS)" if tls_cert else "",
              " (token auth)" if token else "")
     return server, bound, health
+
+
+# Main server id -> its plaintext health-only server (see start_server's health_port).
+_HEALTH_ONLY_SERVERS: dict[int, grpc.aio.Server] = {}
+
+
+async def _start_health_only(host: str, port: int, health: HealthServicer) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as error:
+        raise Unavailable(f"cannot listen on {host}:{port} for health: {error}; choose another I2X_HEALTH_PORT",
+                          field="health_port") from None
+    await server.start()
+    log.info("health-only (plaintext) listening on %s:%d", host, bound)
+    return server
+
+
+async def stop_server(server: grpc.aio.Server, grace: float | None = None) -> None:
+    """Stop a server started by start_server, with its health-only companion if any."""
+    companion = _HEALTH_ONLY_SERVERS.pop(id(server), None)
+    await server.stop(grace)
+    if companion is not None:
+        await companion.stop(grace)
 
 
 async def serve_forever(server: grpc.aio.Server, health: HealthServicer, grace: float | None = None,
@@ -265,7 +299,7 @@ async def serve_forever(server: grpc.aio.Server, health: HealthServicer, grace: 
             loop.remove_signal_handler(signum)
         stopped.cancel()
     await health.enter_graceful_shutdown()
-    await server.stop(grace)
+    await stop_server(server, grace)
     if not terminated.done():
         await terminated
 

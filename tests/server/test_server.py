@@ -25,7 +25,8 @@ WAIT = 20
 
 @pytest.fixture(autouse=True)
 def clean_settings(monkeypatch):
-    for name in ["I2X_API_TOKEN", "I2X_TLS_CERT", "I2X_TLS_KEY", "I2X_PORT", "I2X_HOST", "I2X_MAX_MESSAGE_MB"]:
+    for name in ["I2X_API_TOKEN", "I2X_TLS_CERT", "I2X_TLS_KEY", "I2X_PORT", "I2X_HOST", "I2X_MAX_MESSAGE_MB",
+                 "I2X_HEALTH_PORT"]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -232,6 +233,34 @@ def test_tls_with_self_signed_certificate(tmp_path, monkeypatch):
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await server.stop(None)
+
+    run(main())
+
+
+def test_plaintext_health_port_beside_tls(tmp_path):
+    """Kubernetes' gRPC probes speak plaintext: I2X_HEALTH_PORT serves health only, without TLS."""
+    import socket
+
+    cert, key, _ = _self_signed(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        health_port = probe.getsockname()[1]
+
+    async def main():
+        server, port, health = await start_server("test", _register(), host="127.0.0.1", port=0, tls_cert=cert,
+                                                  tls_key=key, health_port=health_port)
+        stop = asyncio.Event()
+        serving = asyncio.ensure_future(serve_forever(server, health, grace=0, stop=stop))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            assert await _health(plain) == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # the API itself is not on this port
+                await plain.unary_unary(f"/{SERVICE}/Echo")(b"x", timeout=2)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        stop.set()
+        await serving
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as plain:  # stopped with the server
+            with pytest.raises(grpc.aio.AioRpcError):
+                await _health(plain)
 
     run(main())
 
