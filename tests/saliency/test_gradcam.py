@@ -179,6 +179,33 @@ def test_structure_verification_falls_back_to_backward():
     np.testing.assert_allclose(result.saliency, _naive_gradcam(model, "conv", x, result.predictions), atol=1e-6)
 
 
+class _InPlaceAfterLayer(nn.Module):
+    """Like ResNet's bottleneck: the target layer's output is changed in place before GAP + Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 4)
+        self.inplace = True
+
+    def forward(self, x):
+        out = self.conv(x)
+        out = out.add_(x) if self.inplace else out + x  # a skip connection added in place
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def test_in_place_change_after_the_layer_is_not_taken_for_cam():
+    torch.manual_seed(2)
+    model = _InPlaceAfterLayer().eval()
+    x = torch.randn(3, 1, 5, 5)
+    cam = GradCAM(model, "conv")
+    result = cam(x)
+    assert cam.uses_cam_path is False
+    reference = copy.deepcopy(model)
+    reference.inplace = False
+    np.testing.assert_allclose(result.saliency, _naive_gradcam(reference, "conv", x, result.predictions), atol=1e-6)
+
+
 def test_interpret_checkpoints_one_pass_each(trained_ish):
     model, x = trained_ish
     other = SmallCNN(width=4).eval()

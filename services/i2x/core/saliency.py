@@ -12,8 +12,8 @@ Two paths, same result where both apply:
   How the path is chosen: the head is the Linear named in a registry of known
   (model class, layer) pairs (SmallCNN/block3, ResNet/layer4, Inception3/Mixed_7c -> ``fc``),
   else the model's last ``nn.Linear``. The structure is then *verified* on the first batch:
-  the head's input must equal A averaged over (h, w) and the head's output must equal the
-  model's output. If either check fails the instance switches to the backward path for good.
+  the head's input must equal A averaged over (h, w), the head's output must equal the
+  model's output, and A must not have been changed in place later in the forward pass. If either check fails the instance switches to the backward path for good.
 - Backward path (any layer, any head). The hook replaces A by a leaf tensor that requires grad,
   with every parameter's requires_grad switched off for the call, so autograd runs from the
   logits back to A only (no parameter gradients, nothing upstream of A). One batched
@@ -105,8 +105,14 @@ class GradCAM:
     def _cam_batch(self, x, targets, all_classes, return_features) -> dict | None:
         captured = {}
 
+        verifying = self.uses_cam_path is None
+
         def on_layer(_module, _inputs, output):
             captured["A"] = output
+            if verifying and isinstance(output, torch.Tensor):
+                # A later in-place op (ResNet's `out += identity` after bn3) would make the GAP
+                # check pass on values that are not this layer's output; compare against a copy.
+                captured["A_copy"] = output.clone()
 
         def on_head(_module, inputs, output):
             captured["pooled"], captured["head_out"] = inputs[0], output
@@ -197,6 +203,8 @@ class GradCAM:
         """The CAM identity holds only if head(mean_hw(A)) is the model's output."""
         pooled, head_out = captured.get("pooled"), captured.get("head_out")
         if activation is None or pooled is None or activation.ndim != 4:
+            return False
+        if not torch.equal(captured["A_copy"], activation):
             return False
         gap = activation.mean(dim=(2, 3))
         pooled = pooled.reshape(pooled.shape[0], -1)
