@@ -185,8 +185,10 @@ def test_report_answers_the_four_questions_per_class_in_words(store, report):
             assert question in section
         for m in entry["shared"]:
             assert f">P-{m}<" in section
+        steps = explanation["pair_steps"] + [200]  # the synthetic run's checkpoints: 0, 40, ..., 200
         for key in entry["key_checkpoints"]:
-            assert f"step {key['step']} " in section
+            # a key checkpoint is the change from its step to the next checkpoint (40 later here)
+            assert f"step {key['step']}&rarr;{steps[steps.index(key['step']) + 1]} (" in section
     uncertain = explanation["uncertain_prototype"]
     pair = explanation["most_confused_pair"]
     overview = report.split('id="overview"')[1].split("</section>")[0]

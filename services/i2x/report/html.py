@@ -160,10 +160,14 @@ def class_answers(run: RunData, info: ClassExplanation) -> str:
     relies += "."
     if info.key_checkpoints:
         steps_seen = []
+        checkpoint_steps = run.intensity[0].tolist()
+        following = dict(zip(checkpoint_steps[:-1], checkpoint_steps[1:]))
         for key in info.key_checkpoints:
             direction = "rose" if key.confidence_change > 0 else "fell"
             drivers = ", ".join(p(m) for m, _, _ in key.drivers[:3])
-            steps_seen.append(f"step {key.step} (confidence {direction} by {100 * abs(key.confidence_change):.1f} "
+            next_step = key.next_step if key.next_step is not None else following.get(key.step)
+            span = f"{key.step}&rarr;{next_step}" if next_step is not None else f"{key.step}"
+            steps_seen.append(f"step {span} (confidence {direction} by {100 * abs(key.confidence_change):.1f} "
                               f"points, driven by {drivers})")
         learned = "At " + "; ".join(steps_seen) + "."
         _, confidence = mean_confidence(run, c)
