@@ -38,7 +38,8 @@ def test_ray_is_pinned_to_the_tested_version_everywhere():
     assert worker["RAY_VERSION"] == services["RAY_VERSION"] == installed
     ray_requirement = next(Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["server"]
                            if Requirement(r).name == "ray")
-    assert ray_requirement.specifier.contains(installed), f"pyproject's {ray_requirement} excludes Ray {installed}"
+    # An exact pin: a range would let `pip install` pick a Ray the images do not run.
+    assert str(ray_requirement.specifier) == f"=={installed}", f"pyproject's {ray_requirement} must pin ray=={installed}"
     # ... and the same Python: rayproject/ray:<version>-py311 <-> python:3.11.
     assert worker["PYTHON_TAG"] == "py" + services["PYTHON_VERSION"].replace(".", "")
     assert instructions("Dockerfile.ray-worker", "FROM") == [

@@ -156,13 +156,44 @@ def test_probes_are_native_grpc_on_declared_ports(overlay):
                         f"{name}: {template.owner}/{c['name']} {probe_kind} port {port} is not a declared containerPort")
     for svc, deployment in service_deployments(docs).items():
         c = deployment["spec"]["template"]["spec"]["containers"][0]
-        assert [p["containerPort"] for p in c["ports"]] == [SERVICE_PORTS[svc]]
+        health_port = health_port_of(c, docs)
+        # The API port and the plaintext health-only port, each declared under its name.
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": SERVICE_PORTS[svc],
+                                                                      "health": health_port}
+        # Every probe goes to the health port, in dev as in prod, so the probes stay the same
+        # whether or not TLS is on.
         for probe_kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe_kind]["grpc"]["port"] == SERVICE_PORTS[svc], f"{svc} {probe_kind}"
+            assert c[probe_kind]["grpc"]["port"] == health_port, f"{name}/{svc} {probe_kind}"
+        # The Service exposes the API only: the health port serves kubelet, not clients.
         service = by_kind(docs, "Service")[f"i2x-{svc}"]
-        assert [p["port"] for p in service["spec"]["ports"]] == [SERVICE_PORTS[svc]]
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(SERVICE_PORTS[svc], "grpc")]
         assert selects_labels(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
         assert c["args"] == ["serve", svc]
+
+
+def health_port_of(container: dict, docs) -> int:
+    """The container's I2X_HEALTH_PORT as a number; fails when it is unset or 0 (off)."""
+    value = resolved_env(container, docs).get("I2X_HEALTH_PORT")
+    assert isinstance(value, str) and value.isdigit() and int(value) > 0, (
+        f"{container['name']}: I2X_HEALTH_PORT must be a literal port number, got {value!r}")
+    return int(value)
+
+
+def test_prod_probes_reach_a_plaintext_port_beside_the_tls_port():
+    """kubelet's gRPC probes speak plaintext only: with TLS on, a probe on the API port would
+    fail its handshake and kubelet would restart a healthy pod forever."""
+    docs = render(K8S / "overlays" / "prod")
+    for svc, deployment in service_deployments(docs).items():
+        c = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = resolved_env(c, docs)
+        assert env.get("I2X_TLS_CERT") and env.get("I2X_TLS_KEY"), f"prod/{svc} must serve TLS"
+        api_port, health_port = int(env["I2X_PORT"]), health_port_of(c, docs)
+        assert health_port != api_port, f"prod/{svc}: the health port must not be the TLS API port"
+        for probe_kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe_port = c[probe_kind]["grpc"]["port"]
+            assert probe_port == health_port, (
+                f"prod/{svc} {probe_kind} probes {probe_port}, not I2X_HEALTH_PORT={health_port}")
+            assert probe_port != api_port, f"prod/{svc} {probe_kind} probes the TLS port {api_port}"
 
 
 def test_one_process_per_service_never_overlapping(overlay):
@@ -358,6 +389,12 @@ def test_network_policies_open_exactly_the_paths_i2x_uses(overlay):
         assert not allowed(policies, stranger, pod, port), f"unlabelled pods must not reach {svc}"
         assert not allowed(policies, stranger_here, pod, port)
         assert not allowed(policies, client, pod, 22), "only the gRPC ports are open"
+        # The plaintext health port is for kubelet, whose probes come from the pod's own node:
+        # NetworkPolicy does not govern that traffic, so no pod needs (or gets) a rule for it.
+        health_port = health_port_of(by_kind(docs, "Deployment")[f"i2x-{svc}"]["spec"]["template"]["spec"]
+                                     ["containers"][0], docs)
+        assert not allowed(policies, client, pod, health_port), f"{svc}: health port open to clients"
+        assert not allowed(policies, stranger_here, pod, health_port)
         for other in SERVICES:
             assert allowed(policies, pod, services[other], SERVICE_PORTS[other]), f"{svc} -> {other}"
         for ray_port in (10001, 6379, 8265):
