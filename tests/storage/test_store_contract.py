@@ -171,3 +171,17 @@ def test_s3_bad_credentials_are_failed_precondition(s3_server):
         assert info.value.field == "credentials" and "I2X_S3_ACCESS_KEY" in str(info.value)
     finally:
         http.request("POST", f"http://{s3_server.endpoint}/moto-api/reset-auth", body=b"inf")
+
+
+def test_local_files_follow_the_umask(tmp_path):
+    """mkstemp creates 0600 files; results must be readable like any file the user writes."""
+    import os
+
+    from i2x.storage import LocalStore
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    store = LocalStore(tmp_path)
+    store.put_bytes("runs/r/report.html", b"<html></html>")
+    mode = (tmp_path / "runs/r/report.html").stat().st_mode & 0o777
+    assert mode == 0o666 & ~mask

@@ -10,6 +10,15 @@ from i2x.core.errors import NotFound
 from i2x.storage.base import Store, check_key
 
 
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -28,6 +37,7 @@ class LocalStore(Store):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared like any file
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
