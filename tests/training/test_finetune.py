@@ -39,6 +39,13 @@ def test_protocols_repeat_with_seeds_and_aggregate(setting):
         sums = np.array([run["sum"] for run in row["runs"]], dtype=float)
         assert row["sum"]["mean"] == pytest.approx(sums.mean())
     assert set(result["baseline"]) == {"accuracy", "a_to_b", "b_to_a", "sum"}
+    # Fig. 8 after fine-tuning: the mean confusion matrix per protocol agrees with the pair counts.
+    assert set(result["confusions"]) == {"final", "full", "curated->full"}
+    for row in result["rows"]:
+        matrix = np.array(result["confusions"][row["protocol"]])
+        assert matrix.shape == (10, 10) and matrix.sum() == pytest.approx(len(test))
+        assert matrix[2, 7] == pytest.approx(row["a_to_b"]["mean"])
+        assert matrix[7, 2] == pytest.approx(row["b_to_a"]["mean"])
     again = run_protocols(lambda: SmallCNN(width=4), final, full, curated, test, (2, 7), **kwargs)
     assert again["rows"] == result["rows"]  # seeded: the same numbers again
 

@@ -41,16 +41,19 @@ def run_protocols(build: Callable[[], nn.Module], final_state: dict, full, curat
         result = evaluate(model, test, mean=mean, std=std)
         confusion = result["confusion"]
         a_to_b, b_to_a = int(confusion[a, b]), int(confusion[b, a])
-        return {"accuracy": result["accuracy"], "a_to_b": a_to_b, "b_to_a": b_to_a, "sum": a_to_b + b_to_a}
+        return {"accuracy": result["accuracy"], "a_to_b": a_to_b, "b_to_a": b_to_a, "sum": a_to_b + b_to_a,
+                "confusion": confusion}
 
     baseline_model = build()
     load_weights(baseline_model, final_state)
     baseline_model.to(device)
     baseline = pair_metrics(baseline_model)
+    baseline_confusion = baseline.pop("confusion")
+    confusions = {}  # protocol -> confusion matrix averaged over the repeats (Fig. 8, after fine-tuning)
 
     rows = []
     for protocol in protocols:
-        runs = []
+        runs, matrices = [], []
         for r in range(repeats):
             model = build()
             load_weights(model, final_state)
@@ -65,12 +68,16 @@ def run_protocols(build: Callable[[], nn.Module], final_state: dict, full, curat
                 done += 1
                 if progress is not None:
                     progress(done, total, f"{protocol} repeat {r + 1}/{repeats} stage {stage}")
-            runs.append({"seed": seed + r, **pair_metrics(model)})
+            metrics = pair_metrics(model)
+            matrices.append(metrics.pop("confusion"))
+            runs.append({"seed": seed + r, **metrics})
+        confusions[protocol] = np.mean(matrices, axis=0).tolist()
         row = {"protocol": protocol}
         row.update({metric: _mean_std([run[metric] for run in runs]) for metric in _METRICS})
         row["runs"] = runs
         rows.append(row)
     return {"pair": [a, b], "rows": rows, "repeats": repeats, "baseline": baseline,
+            "confusions": {"final": baseline_confusion.tolist(), **confusions},
             "settings": {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed,
                          "epochs_per_stage": 1, "n_full": len(full), "n_curated": len(curated), "n_test": len(test)}}
 

@@ -245,7 +245,7 @@ def _resized_dataset(data, record: dict):
 def train_run(store: Store, run_id: str, *, progress: Progress = None, cancel=None) -> dict:
     """Train per run.json, writing checkpoints/<step>.safetensors as they come, then
     evaluation/final.npz and checkpoints/index.json (last). Returns {"checkpoints": [...], "accuracy": ...}."""
-    from i2x.core.training import Checkpoint, TrainConfig, train
+    from i2x.core.training import Checkpoint, TrainConfig, seeded_build, train
     from i2x.data import DatasetSpec, load_dataset
     from i2x.models import ModelSpec, build_model, checkpoint_to_bytes
 
@@ -259,7 +259,8 @@ def train_run(store: Store, run_id: str, *, progress: Progress = None, cancel=No
     config = TrainConfig.from_dict(record["train"])
     splits = load_dataset(DatasetSpec.from_dict(record["dataset"]))
     train_set = _resized_dataset(splits.train, record)
-    model = build_model(ModelSpec.from_dict(record["model"]))
+    spec = ModelSpec.from_dict(record["model"])
+    model = seeded_build(lambda: build_model(spec), config.seed)  # the seed fixes the initial weights too
     saved: list[dict] = []
 
     def on_checkpoint(ckpt: Checkpoint) -> None:
