@@ -100,3 +100,29 @@ def test_checkpoint_of_another_architecture_is_named():
     target = SmallCNN(width=4)
     load_weights(target, state)
     assert torch.equal(target.fc.weight, state["fc.weight"])
+
+
+class _Payload:
+    """Pickling this object would run os.system on load: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_torch_saved_state_dicts_load_without_running_code():
+    import io
+
+    model = SmallCNN(width=4)
+    for wrapped in (model.state_dict(), {"state_dict": model.state_dict(), "step": 40}):
+        buffer = io.BytesIO()
+        torch.save(wrapped, buffer)
+        tensors, metadata = checkpoint_from_bytes(buffer.getvalue())
+        assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+    assert metadata == {"step": 40}
+    buffer = io.BytesIO()
+    torch.save({"weights": _Payload()}, buffer)
+    with pytest.raises(InvalidArgument, match="not a loadable torch weights file") as err:
+        checkpoint_from_bytes(buffer.getvalue())
+    assert err.value.field == "checkpoint"

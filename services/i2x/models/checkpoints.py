@@ -26,10 +26,38 @@ def checkpoint_to_bytes(state_dict: dict, metadata: dict) -> bytes:
     return save(tensors, metadata=header)
 
 
+def _torch_weights(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    """A torch.save file (state dict, or a dict holding one under state_dict/model), loaded with
+    weights_only=True: torch refuses anything but tensors and plain containers, so no code runs."""
+    import io
+
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise InvalidArgument(f"not a loadable torch weights file ({str(exc).splitlines()[0][:200]}); give "
+                              "safetensors or a torch.save'd state dict", field="checkpoint") from None
+    if isinstance(obj, dict):
+        for name in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(name), dict):
+                metadata = {k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool))}
+                obj = obj[name]
+                break
+        else:
+            metadata = {}
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj), metadata
+    raise InvalidArgument("the torch file holds no state dict of tensors; save model.state_dict()",
+                          field="checkpoint")
+
+
 def checkpoint_from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors checkpoint, or of a torch.save'd state dict
+    (zip format, read with weights_only=True)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    if data[:4] == b"PK\x03\x04":  # torch.save's zip container
+        return _torch_weights(data)
     try:
         (header_len,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + header_len])
