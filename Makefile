@@ -31,7 +31,7 @@ protos: install
 	$(PY) -m i2x.v1.generate
 
 bench: install
-	$(PY) bench/run_all.py
+	nice -n 10 $(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
