@@ -81,7 +81,7 @@ class RayFanout:
         self.cancel = cancel
         self._actors: list = []
         self._pending: dict = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # __call__ submits while holding it
         self._stopped = False
 
     def _pool_size(self, n_units: int, resources: dict, cpus: float, gpus: float) -> int:
