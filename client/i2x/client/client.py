@@ -319,7 +319,9 @@ class Client:
         follow("explain", self.explain(run_id, **(explain or {})))
         result = PipelineResult(run=run, evaluation=self.evaluation(run_id), explanation=self.explanation(run_id),
                                 pair_analysis=self.pair_analysis(run_id), jobs=jobs)
-        if finetune is not None:
+        if finetune is not None and result.pair_analysis.uncertain_prototype is None:
+            result.notes.append("no uncertain prototype in the pair: nothing to curate, fine-tuning skipped")
+        elif finetune is not None:
             result.curation = self.curate(run_id, scope=(explain or {}).get("curation_scope"))
             follow("finetune", self.finetune(run_id, **finetune))
             result.finetune = self.finetune_table(run_id)

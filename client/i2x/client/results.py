@@ -190,3 +190,4 @@ class PipelineResult:
     curation: CurationResult | None = None
     finetune: FinetuneTable | None = None
     jobs: dict[str, str] = field(default_factory=dict)  # stage -> job id
+    notes: list[str] = field(default_factory=list)       # stages skipped and why

@@ -1,0 +1,343 @@
+"""The `i2x` command. Each subcommand registers itself in a small add_*_command function listed
+in COMMANDS, so a new one (demo, report, ...) is one function and one list entry.
+
+    i2x serve training|interpretation|clustering|explanation   one service (flags override I2X_*)
+    i2x up                                                      store + local Ray + the four services
+    i2x analyze RUN_ID ...                                      the pipeline against running services
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+from i2x import config
+
+# ---------------------------------------------------------------- serve
+
+
+# flag name -> the I2X_* setting it overrides
+SERVE_FLAGS = {"host": "I2X_HOST", "port": "I2X_PORT", "store": "I2X_STORE", "ray_address": "I2X_RAY_ADDRESS",
+               "token": "I2X_API_TOKEN", "tls_cert": "I2X_TLS_CERT", "tls_key": "I2X_TLS_KEY",
+               "max_message_mb": "I2X_MAX_MESSAGE_MB", "grace": "I2X_GRACE_SECONDS", "log_level": "I2X_LOG_LEVEL"}
+
+
+def add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="run one service (gRPC, health, reflection) until SIGTERM/Ctrl-C")
+    p.add_argument("service", choices=config.SERVICES)
+    for flag, env in SERVE_FLAGS.items():
+        setting = next(s for s in config.SETTINGS if s.env == env)
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                       help=f"{setting.help} (env {env}, default {setting.default!r})")
+    p.add_argument("--workers", type=int, default=2, help="jobs run at once by this service (default 2)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _apply_flags(args) -> None:
+    """Flags win over the environment: write them into it, where every module reads settings."""
+    for flag, env in SERVE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value not in (None, ""):
+            os.environ[env] = str(value)
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+
+    _apply_flags(args)
+    logging.basicConfig(level=config.get("I2X_LOG_LEVEL").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # An explicit --port is used as is (0: any free port); otherwise I2X_PORT / the service default.
+    return asyncio.run(_serve(args.service, args.workers, None if args.port in (None, "") else int(args.port)))
+
+
+async def _serve(service: str, workers: int, port: int | None = None) -> int:
+    from i2x import raycluster
+    from i2x.server import serve_forever
+    from i2x.servicers import start_service
+    from i2x.storage import open_store
+
+    store = open_store()
+    if service == "interpretation":  # fail fast when Ray is unreachable; other services do not use it
+        raycluster.connect()
+    server, port, health, servicer = await start_service(service, store, port=port, max_workers=workers)
+    # `i2x up` reads this line to learn the bound port.
+    print(f"i2x {service} listening on {config.get('I2X_HOST')}:{port} (store {store.url})", flush=True)
+    await serve_forever(server, health)
+    servicer.jobs.shutdown(wait=False, interrupt=True)  # unfinished jobs resume at the next start
+    servicer.close()
+    return 0
+
+
+# ---------------------------------------------------------------- up
+
+def add_up_command(sub) -> None:
+    p = sub.add_parser("up", help="start the store, a local Ray head and the four services; Ctrl-C stops all")
+    p.add_argument("--store", default=None, help="local directory or s3://BUCKET[/PREFIX] (env I2X_STORE)")
+    p.add_argument("--host", default="127.0.0.1", help="address the services bind")
+    p.add_argument("--base-port", type=int, default=None,
+                   help="training listens here, the others on the next ports (default: 50051-50054); 0: any free")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster instead of starting a local head (env I2X_RAY_ADDRESS if not 'local')")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray head (default: all)")
+    p.add_argument("--token", default=None, help="bearer token the services require (env I2X_API_TOKEN)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the services to listen")
+    p.set_defaults(func=cmd_up)
+
+
+class _Child:
+    """One service subprocess; its output is echoed with a prefix and scanned for the listening line."""
+
+    def __init__(self, service: str, argv: list[str], env: dict):
+        self.service = service
+        self.address: str | None = None
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        bufsize=1, start_new_session=True)  # Ctrl-C reaches the parent only
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        marker = f"i2x {self.service} listening on "
+        for line in self.process.stdout:
+            if line.startswith(marker):
+                self.address = line[len(marker):].split()[0]
+                self.ready.set()
+            sys.stdout.write(f"[{self.service}] {line}")
+            sys.stdout.flush()
+        self.ready.set()  # exited: stop waiting
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+
+def cmd_up(args) -> int:
+    from i2x import raycluster
+    from i2x.storage import open_store
+
+    store = open_store(args.store)  # creates a local directory / checks the bucket before anything starts
+    ray_address = args.ray_address or (None if config.get("I2X_RAY_ADDRESS") == "local"
+                                       else config.get("I2X_RAY_ADDRESS"))
+    started_ray = ray_address is None
+    if started_ray:  # a head owned by this process: ray.shutdown() below stops exactly what it started
+        import ray
+
+        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+        ray_address = raycluster.gcs_address()
+    # Built after ray.init: it sets RAY_AUTH_MODE=token, which the services need to join this head.
+    env = dict(os.environ, I2X_STORE=store.url[len("file://"):] if store.url.startswith("file://") else store.url,
+               I2X_HOST=args.host, I2X_RAY_ADDRESS=ray_address)
+    if args.token:
+        env["I2X_API_TOKEN"] = args.token
+
+    children: list[_Child] = []
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for offset, service in enumerate(config.SERVICES):
+            port = config.SERVICE_PORTS[service] if args.base_port is None else (
+                0 if args.base_port == 0 else args.base_port + offset)
+            argv = [sys.executable, "-m", "i2x.cli", "serve", service, "--port", str(port)]
+            children.append(_Child(service, argv, env))
+        deadline = time.monotonic() + args.timeout
+        for child in children:
+            child.ready.wait(max(0.0, deadline - time.monotonic()))
+        failed = [c.service for c in children if c.address is None]
+        if failed:
+            print(f"i2x up: {', '.join(failed)} did not start (see their output above)", file=sys.stderr)
+            return 1
+        print(f"\ni2x is up. store: {store.url}   ray: {ray_address}")
+        for child in children:
+            print(f"  {child.service:<15} {child.address}")
+        print(f"  client: Client.from_env() with I2X_ENDPOINT={args.host}"
+              + ("" if args.base_port is None else " and the I2X_*_ADDR variables above")
+              + "\nCtrl-C stops everything.", flush=True)
+        while not stop.is_set():
+            if any(c.process.poll() is not None for c in children):
+                print("i2x up: a service exited; stopping the others", file=sys.stderr)
+                return 1
+            stop.wait(0.5)
+        return 0
+    finally:
+        for child in children:
+            child.stop()
+        grace = float(config.get("I2X_GRACE_SECONDS")) + 5
+        for child in children:
+            try:
+                child.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        print("i2x up: stopped", flush=True)
+
+
+# ---------------------------------------------------------------- analyze
+
+def add_analyze_command(sub) -> None:
+    p = sub.add_parser("analyze", help="train (or take/register) a run, interpret, cluster and explain it "
+                                       "through running services, with progress bars")
+    p.add_argument("run_id")
+    g = p.add_argument_group("services (default: Client.from_env(): I2X_ENDPOINT / I2X_*_ADDR)")
+    g.add_argument("--endpoint", help="host of all four services on their default ports")
+    for service in config.SERVICES:
+        g.add_argument(f"--{service}", metavar="HOST:PORT", help=f"address of the {service} service")
+    g.add_argument("--token", help="bearer token (env I2X_API_TOKEN)")
+    g.add_argument("--store", help="store to read results from / upload checkpoints to (env I2X_STORE)")
+    g = p.add_argument_group("the run (ignored when it exists)")
+    g.add_argument("--arch", help="model architecture (default small_cnn)")
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--in-channels", type=int)
+    g.add_argument("--input-size", type=int)
+    g.add_argument("--target-layer")
+    g.add_argument("--dataset", dest="dataset_kind", help="mnist5k (default), mnist, cifar10, imagefolder, npz")
+    g.add_argument("--dataset-root", help="path the services read the dataset from")
+    g.add_argument("--preset", help="training preset (tiny, demo, paper-mnist, ...)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH_OR_KEY",
+                   help="register this checkpoint instead of training (a local file is uploaded); repeatable")
+    g = p.add_argument_group("stages")
+    g.add_argument("--prototypes", type=int, dest="n_prototypes", help="M, the number of prototypes")
+    g.add_argument("--min-cluster-size", type=int, help="HDBSCAN min_cluster_size")
+    g.add_argument("--tau", type=float)
+    g.add_argument("--lam", type=float)
+    g.add_argument("--pair", type=int, nargs=2, metavar=("A", "B"), help="analyse this class pair")
+    g.add_argument("--finetune", action="store_true", help="also curate and fine-tune (paper Table 1)")
+    g.add_argument("--repeats", type=int, help="fine-tuning repeats R")
+    g.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    p.set_defaults(func=cmd_analyze)
+
+
+def _compact(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class _Bars:
+    """One tqdm bar per stage, fed by the pipeline's progress(stage, event)."""
+
+    def __init__(self):
+        try:
+            from tqdm import tqdm
+        except ImportError:  # the client alone does not need tqdm
+            tqdm = None
+        self._tqdm, self._bars, self._lock = tqdm, {}, threading.Lock()
+
+    def __call__(self, stage: str, event) -> None:
+        with self._lock:
+            if self._tqdm is None:
+                print(f"{stage}: {event.done}/{event.total} {event.message}", flush=True)
+                return
+            bar = self._bars.get(stage)
+            if bar is None:
+                bar = self._bars[stage] = self._tqdm(desc=f"{stage:<11}", total=event.total or None, unit="unit",
+                                                     position=len(self._bars), leave=True)
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            bar.set_postfix_str(event.message[:40], refresh=False)
+            bar.refresh()
+            if event.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                bar.set_postfix_str(event.state.lower())
+                bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def cmd_analyze(args) -> int:
+    from pathlib import Path
+
+    import grpc
+
+    from i2x.client import Client, JobFailed
+
+    overrides = _compact(token=args.token, store=args.store,
+                         **{s: getattr(args, s) for s in config.SERVICES if getattr(args, s)})
+    if args.endpoint:
+        overrides.update({s: f"{args.endpoint}:{config.SERVICE_PORTS[s]}" for s in config.SERVICES
+                          if s not in overrides})
+    checkpoints = {}
+    for item in args.checkpoint:
+        step, _, source = item.partition("=")
+        if not step.isdigit() or not source:
+            print(f"--checkpoint {item!r}: give STEP=PATH_OR_KEY, e.g. 40=ckpt/step40.safetensors", file=sys.stderr)
+            return 2
+        checkpoints[int(step)] = Path(source) if Path(source).is_file() else source
+    bars = _Bars()
+    with Client.from_env(**overrides) as client:
+        try:
+            result = client.run_pipeline(
+                args.run_id,
+                model=_compact(arch=args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
+                               input_size=args.input_size, target_layer=args.target_layer),
+                dataset=_compact(kind=args.dataset_kind, root=args.dataset_root),
+                train=_compact(preset=args.preset, epochs=args.epochs, seed=args.seed),
+                checkpoints=checkpoints or None,
+                prototypes=_compact(n_prototypes=args.n_prototypes),
+                clusters=_compact(min_cluster_size=args.min_cluster_size),
+                explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
+                finetune=_compact(repeats=args.repeats) if args.finetune else None,
+                progress=bars, timeout=args.timeout)
+        except JobFailed as exc:
+            bars.close()
+            print(f"i2x analyze: {exc}", file=sys.stderr)
+            return 1
+        except grpc.RpcError as exc:
+            bars.close()
+            print(f"i2x analyze: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    bars.close()
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    pair = result.pair_analysis
+    names = pair.names or [str(c) for c in pair.pair]
+    print(f"\nrun {result.run.run_id}: {len(result.run.checkpoints)} checkpoints, "
+          f"test accuracy {result.evaluation.accuracy:.4f}")
+    print(f"most confused pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} test confusions)")
+    print(f"  reliable prototypes: {pair.reliable_prototypes}")
+    print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
+    print(f"explanation: {result.explanation.key}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.finetune is not None:
+        print("\nfine-tuning (mean +- std over repeats):")
+        for row in result.finetune.rows:
+            print(f"  {row.protocol:<18} acc {row.accuracy[0]:.4f}+-{row.accuracy[1]:.4f}   "
+                  f"confusions {row.sum[0]:.2f}+-{row.sum[1]:.2f}")
+
+
+# ---------------------------------------------------------------- main
+
+COMMANDS: list[Callable] = [add_serve_command, add_up_command, add_analyze_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2x", description="I2X: structured explanations of image classifiers")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
