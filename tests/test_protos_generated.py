@@ -40,3 +40,11 @@ def test_every_enum_has_unspecified_zero_and_every_field_is_commented():
             is_rpc = stripped.startswith("rpc ")
             if is_field or is_rpc:
                 assert lines[number - 1].strip().startswith("//"), f"{proto.name}:{number + 1} has no comment: {stripped}"
+
+
+def test_configuration_doc_lists_every_setting():
+    from i2x import config
+
+    text = (COMMITTED.parents[2] / "docs" / "CONFIGURATION.md").read_text()
+    missing = [s.env for s in config.SETTINGS if f"`{s.env}`" not in text]
+    assert not missing, f"docs/CONFIGURATION.md lacks {missing}: regenerate its table from i2x.config.SETTINGS"
