@@ -283,7 +283,7 @@ class Client:
                      train: dict | None = None, checkpoints: dict[int, str] | None = None,
                      interpret: dict | None = None, prototypes: dict | None = None, clusters: dict | None = None,
                      explain: dict | None = None, finetune: dict | None = None, progress: Progress = None,
-                     timeout: float | None = None) -> PipelineResult:
+                     timeout: float | None = None, explanation_fraction: float | None = None) -> PipelineResult:
         """Train (or register `checkpoints`, or take the run as it is when it has checkpoints),
         interpret, extract prototypes (alongside the interpretation), cluster, explain, and with
         `finetune` curate and fine-tune. progress(stage, JobEvent) follows every job."""
@@ -298,7 +298,7 @@ class Client:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-            run = self.create_run(run_id, model=model, dataset=dataset,
+            run = self.create_run(run_id, model=model, dataset=dataset, explanation_fraction=explanation_fraction,
                                   train=None if checkpoints else (train or {}))
         if not run.checkpoints:
             follow("register" if checkpoints else "train",
