@@ -1,0 +1,66 @@
+"""`i2x` command: the parser, flags over settings, and `i2x up` end to end (start, listen, Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def test_parser_has_serve_up_analyze_and_flags_override_settings(monkeypatch):
+    from i2x import cli, config
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["serve", "clustering", "--port", "6000", "--store", "/tmp/x", "--ray-address", "auto"])
+    assert args.service == "clustering" and args.func is cli.cmd_serve
+    monkeypatch.setattr(os, "environ", dict(os.environ, I2X_STORE="/from/env", I2X_PORT="1234"))  # a private copy
+    cli._apply_flags(args)
+    assert config.get("I2X_STORE") == "/tmp/x"        # the flag wins over the environment
+    assert config.get("I2X_PORT") == "6000"
+    assert config.get("I2X_RAY_ADDRESS") == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "nonsense"])
+    assert parser.parse_args(["analyze", "r1", "--pair", "2", "7"]).pair == [2, 7]
+    assert parser.parse_args(["up", "--base-port", "0"]).func is cli.cmd_up
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_up_starts_four_services_and_stops_on_ctrl_c(tmp_path):
+    from i2x.client import Client
+
+    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1", I2X_GRACE_SECONDS="1")
+    up = subprocess.Popen([sys.executable, "-m", "i2x.cli", "up", "--store", str(tmp_path / "store"),
+                           "--base-port", "0", "--ray-cpus", "1"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
+    lines, addresses = [], {}
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.match(r"\s+(training|interpretation|clustering|explanation)\s+(\S+:\d+)$", line.rstrip())
+            if match:
+                addresses[match.group(1)] = match.group(2)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert len(addresses) == 4, "".join(lines)
+        assert len(set(addresses.values())) == 4
+        with Client(**addresses, retries=0) as client:
+            assert client.list_runs() == []
+            with pytest.raises(Exception):
+                client.get_run("missing")
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, output
+        assert "i2x up: stopped" in output
+    finally:
+        if up.poll() is None:
+            up.kill()
