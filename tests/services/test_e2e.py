@@ -56,6 +56,17 @@ def test_pipeline_trains_interprets_clusters_explains(stack, tiny_dataset):
     explained = client.class_explanation("e2e", 1)
     assert explained.class_index == 1 and explained.num_samples > 0
 
+    # curation with a named prototype, then fine-tuning: the typed Table 1 comes back
+    curated = client.curate("e2e", prototype=0, scope="pair")  # class 0 samples stay: never empty
+    assert curated.pair == [1, 2] and curated.scope == "pair" and curated.size_before == n
+    assert curated.removed_per_class[0] == 0
+    assert curated.size_before - curated.size_after == sum(curated.removed_per_class)
+    client.finetune("e2e", protocols=["full", "curated"], repeats=1).result(timeout=60)
+    table = client.finetune_table("e2e")
+    assert [row.protocol for row in table.rows] == ["full", "curated"] and table.pair == (1, 2)
+    assert all(0.0 <= row.accuracy[0] <= 1.0 and row.repeats == 1 for row in table.rows)
+    assert client.load(table.markdown_key)  # the Markdown rendering is in the store
+
     # the job API on every service lists what ran there
     jobs = client._call("interpretation", "jobs", "ListJobs", __import__("i2x.v1.jobs_pb2", fromlist=["x"])
                         .ListJobsRequest(run_id="e2e")).jobs
