@@ -131,3 +131,32 @@ def test_bad_runs_say_what_to_change(tmp_path, tiny_mnist_npz):
                           explanation_fraction=0.3)
     with pytest.raises(FailedPrecondition, match="run the prototype"):
         stages.explain_run(store, "r", ExplainParams())
+
+
+def test_evaluate_any_checkpoint_and_analyze_any_pair(finished):
+    store, result, _ = finished
+    steps = [c["step"] for c in stages.get_run(store, "tiny")["checkpoints"]]
+    last = stages.evaluate_checkpoint(store, "tiny")
+    final = store.get_npz("runs/tiny/evaluation/final.npz")["confusion"]
+    assert last["step"] == steps[-1] and np.array_equal(np.array(last["confusion"]), final)
+    assert last["accuracy"] == pytest.approx(np.trace(final) / final.sum())
+    first = stages.evaluate_checkpoint(store, "tiny", steps[0])
+    assert np.array(first["confusion"]).sum() == final.sum() == 100  # the 100 test images
+    with pytest.raises(NotFound, match="no checkpoint at step 7"):
+        stages.evaluate_checkpoint(store, "tiny", 7)
+    own = result.explanation["pair_analysis"]
+    again = stages.analyze_pair(store, "tiny", [own["a"], own["b"]])
+    assert again["uncertain_prototype"] == own["uncertain_prototype"]
+    assert [p["contribution"] for p in again["prototypes"]] == [p["contribution"] for p in own["prototypes"]]
+    other = stages.analyze_pair(store, "tiny", [1, 7])
+    assert (other["a"], other["b"]) == (1, 7)
+
+
+def test_interpretation_steps_are_checked(finished):
+    store, _, _ = finished
+    with pytest.raises(InvalidArgument, match="not checkpoints"):
+        stages.interpret_run(store, "tiny", InterpretParams(), steps=[3, 5])
+    with pytest.raises(InvalidArgument, match="at least 2"):
+        stages.interpret_run(store, "tiny", InterpretParams(), steps=[3])
+    with pytest.raises(FailedPrecondition, match="interpreted at steps"):
+        stages.interpret_run(store, "tiny", InterpretParams(), steps=[3, 6])

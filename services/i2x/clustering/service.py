@@ -42,5 +42,5 @@ class ClusteringServicer(StageServicer, clustering_pb2_grpc.ClusteringServiceSer
 
     def _require_interpretation(self, run_id: str) -> None:
         stages.get_run(self.store, run_id)
-        stages._require(self.store, run_key(run_id, "interpretation", "index.json"), "the interpretation",
+        stages.require(self.store, run_key(run_id, "interpretation", "index.json"), "the interpretation",
                         "interpretation")

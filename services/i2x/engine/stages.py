@@ -44,7 +44,8 @@ def _check(cancel) -> None:
         raise Cancelled("cancelled by request")
 
 
-def _require(store: Store, key: str, what: str, stage: str) -> None:
+def require(store: Store, key: str, what: str, stage: str) -> None:
+    """FailedPrecondition naming the stage to run first when `key` is not in the store yet."""
     if not store.exists(key):
         raise FailedPrecondition(f"{what} not there yet ({key}): run the {stage} stage first", field="run_id")
 
@@ -151,7 +152,7 @@ def list_runs(store: Store) -> list[str]:
 def list_checkpoints(store: Store, run_id: str) -> list[dict]:
     index = _key(run_id, "checkpoints", "index.json")
     get_run(store, run_id)
-    _require(store, index, "the checkpoint index", "training (or register)")
+    require(store, index, "the checkpoint index", "training (or register)")
     return store.get_json(index)["checkpoints"]
 
 
@@ -371,10 +372,12 @@ def interpret_checkpoint(store: Store, run_id: str, step: int, params: Interpret
 
 
 def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progress: Progress = None, cancel=None,
-                  map_units: Callable[[list[int]], Iterable[str]] | None = None) -> dict:
-    """All checkpoints. map_units(steps) runs interpret_checkpoint for each step and yields the
-    keys as units finish (the interpretation service passes a Ray fan-out); default: in-process.
-    Writes interpretation/index.json last; returns it."""
+                  map_units: Callable[[list[int]], Iterable[str]] | None = None,
+                  steps: list[int] | None = None) -> dict:
+    """All checkpoints, or the listed `steps` (at least 2) of them. map_units(steps) runs
+    interpret_checkpoint for each step and yields the keys as units finish (the interpretation
+    service passes a Ray fan-out); default: in-process. Writes interpretation/index.json last;
+    returns it. The later stages use exactly the checkpoints the index lists."""
     checkpoints = list_checkpoints(store, run_id)
     record = get_run(store, run_id)
     layer = params.target_layer or record["target_layer"]
@@ -383,9 +386,24 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
     _target_args(params, np.zeros(0), len(record["classes"]))
     _interpretation_params(store, run_id, params, layer)
     index_key = _key(run_id, "interpretation", "index.json")
+    available = [int(c["step"]) for c in checkpoints]
+    if steps:
+        unknown = sorted(set(int(s) for s in steps) - set(available))
+        if unknown:
+            raise InvalidArgument(f"steps {unknown} are not checkpoints of run {run_id!r} (it has {available})",
+                                  field="steps")
+        steps = sorted(set(int(s) for s in steps))
+        if len(steps) < 2:
+            raise InvalidArgument("give at least 2 steps: confidence changes need consecutive checkpoints",
+                                  field="steps")
+    else:
+        steps = available
     if store.exists(index_key):
-        return store.get_json(index_key)
-    steps = [int(c["step"]) for c in checkpoints]
+        index = store.get_json(index_key)
+        if index["steps"] != steps:
+            raise FailedPrecondition(f"run {run_id!r} was interpreted at steps {index['steps']}; interpret a new "
+                                     "run (register the same checkpoints) for other steps", field="steps")
+        return index
     if map_units is None:
         cache: dict = {}
 
@@ -411,7 +429,7 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
 def load_interpretation(store: Store, run_id: str) -> dict[str, np.ndarray]:
     """Stack the per-checkpoint units: saliency (T,N,h,w) float32, confidences (T,N,K), predictions (T,N), steps (T,)."""
     index_key = _key(run_id, "interpretation", "index.json")
-    _require(store, index_key, "the interpretation", "interpretation")
+    require(store, index_key, "the interpretation", "interpretation")
     index = store.get_json(index_key)
     units = [store.get_npz(key) for key in index["units"]]
     return {
@@ -497,8 +515,8 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
     from i2x.core.intensity import prototype_intensity
 
     record = get_run(store, run_id)
-    _require(store, _key(run_id, "clustering", "prototypes.npz"), "the prototypes", "prototype (clustering)")
-    _require(store, _key(run_id, "clustering", "confidence_clusters.npz"), "the confidence clusters",
+    require(store, _key(run_id, "clustering", "prototypes.npz"), "the prototypes", "prototype (clustering)")
+    require(store, _key(run_id, "clustering", "confidence_clusters.npz"), "the confidence clusters",
              "confidence clustering")
     if params.curation_scope not in ("all", "pair"):
         raise InvalidArgument(f"must be 'all' or 'pair', got {params.curation_scope!r}", field="curation_scope")
@@ -544,8 +562,54 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
 def get_explanation(store: Store, run_id: str) -> dict:
     key = _key(run_id, "explanation", "explanation.json")
     get_run(store, run_id)
-    _require(store, key, "the explanation", "explanation")
+    require(store, key, "the explanation", "explanation")
     return store.get_json(key)
+
+
+def evaluate_checkpoint(store: Store, run_id: str, step: int | None = None, *, cache: dict | None = None) -> dict:
+    """Accuracy and confusion matrix of one checkpoint (default: the last) on the test split.
+
+    Writes evaluation/<step>.npz (confusion, predictions, labels) unless it exists; returns
+    {"step", "accuracy", "confusion" (K x K list), "key"}."""
+    from i2x.data import DatasetSpec, load_dataset
+
+    checkpoints = list_checkpoints(store, run_id)
+    available = [int(c["step"]) for c in checkpoints]
+    step = available[-1] if step is None else int(step)
+    if step not in available:
+        raise NotFound(f"run {run_id!r} has no checkpoint at step {step} (it has {available})", field="step")
+    key = _key(run_id, "evaluation", f"{step_name(step)}.npz")
+    if not store.exists(key):
+        ctx = _context(store, run_id, cache)
+        model = ctx.load(store, run_id, step)
+        test = load_dataset(DatasetSpec.from_dict(ctx.record["dataset"])).test
+        result = _evaluate_resized(model, test, ctx.record)
+        store.put_npz(key, confusion=result["confusion"].astype(np.int64),
+                      predictions=np.asarray(result["predictions"], dtype=np.int64),
+                      labels=test.labels.astype(np.int64))
+    data = store.get_npz(key)
+    confusion = data["confusion"]
+    accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    return {"step": step, "accuracy": accuracy, "confusion": confusion.tolist(), "key": key}
+
+
+def analyze_pair(store: Store, run_id: str, pair: list[int] | tuple[int, int], **params) -> dict:
+    """Reliable and uncertain prototypes of any pair of classes (paper 3.3), from the stored
+    prototypes and mapping; the explanation holds only its most confused pair's analysis.
+    params: those of i2x.core.explain.pair_analysis (min_presence_fraction, ...)."""
+    from i2x.core.explain import pair_analysis, presence
+
+    record = get_run(store, run_id)
+    require(store, _key(run_id, "explanation", "mapping.npz"), "the mapping W_t", "explanation")
+    if len(pair) != 2:
+        raise InvalidArgument(f"give two class indices, got {list(pair)}", field="pair")
+    prototypes = store.get_npz(_key(run_id, "clustering", "prototypes.npz"))
+    mapping = store.get_npz(_key(run_id, "explanation", "mapping.npz"))
+    labels = store.get_npz(_key(run_id, "data", "explanation.npz"))["labels"]
+    n_prototypes = int(prototypes["centroids"].shape[0])
+    present = presence(prototypes["assignments"].astype(np.int64), n_prototypes)
+    return pair_analysis(int(pair[0]), int(pair[1]), presence=present, labels=labels, W=mapping["W"],
+                         steps=mapping["steps"], class_names=record["classes"], **params)
 
 
 def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope: str = "all",

@@ -50,7 +50,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
                                    (("clustering", "prototypes.npz"), "the prototypes", "prototype (clustering)"),
                                    (("clustering", "confidence_clusters.npz"), "the confidence clusters",
                                     "confidence clustering")):
-            stages._require(self.store, run_key(run_id, *parts), what, stage)
+            stages.require(self.store, run_key(run_id, *parts), what, stage)
 
     async def _explanation(self, run_id: str) -> dict:
         return await asyncio.to_thread(stages.get_explanation, self.store, run_id)
