@@ -37,6 +37,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_RAY_GPUS_PER_TASK", "auto",
             "GPUs per per-checkpoint task: 'auto' (1 when the cluster has GPUs, else 0) or a number"),
     Setting("I2X_RAY_CPUS_PER_TASK", "1", "CPUs per per-checkpoint task"),
+    Setting("I2X_RAY_POOL_SIZE", "0",
+            "interpretation actors kept warm across jobs (0: the Ray slots free when the first job starts)"),
     Setting("I2X_TORCH_THREADS", "0", "torch intra-op threads per worker (0: torch's default)"),
     Setting("I2X_HOST", "127.0.0.1", "address the gRPC server binds (0.0.0.0 in containers)"),
     Setting("I2X_PORT", "0", "gRPC port (0: the service's default port, see SERVICE_PORTS)"),

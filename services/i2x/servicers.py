@@ -395,12 +395,15 @@ class ServicesInThread:
         return f"127.0.0.1:{self.ports[service]}"
 
     def stop(self, grace: float = 1.0) -> None:
+        """Stop like `i2x serve` on SIGTERM: servers first, then running jobs are interrupted (left
+        QUEUED for the next process to resume), then what the servicers hold (the Ray pool)."""
         async def stop_all():
             for server in self._servers:
                 await server.stop(grace)
 
         asyncio.run_coroutine_threadsafe(stop_all(), self.loop).result(timeout=30)
         for servicer in self.servicers.values():
-            servicer.jobs.shutdown(wait=False)
+            servicer.jobs.shutdown(wait=True, interrupt=True)
+            servicer.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

@@ -231,9 +231,13 @@ class Client:
         return FinetuneTable.from_proto(self._call("training", None, "GetFinetuneTable",
                                                    training_pb2.GetFinetuneTableRequest(run_id=run_id)))
 
-    def evaluation(self, run_id: str) -> Evaluation:
-        return Evaluation.from_proto(self._call("training", None, "GetEvaluation",
-                                                training_pb2.GetEvaluationRequest(run_id=run_id)))
+    def evaluation(self, run_id: str, step: int | None = None) -> Evaluation:
+        """Test accuracy and confusion of the final checkpoint, or of the checkpoint at `step`
+        (the service evaluates it on first request and keeps the result in the store)."""
+        request = training_pb2.GetEvaluationRequest(run_id=run_id)
+        if step is not None:
+            request.step = int(step)
+        return Evaluation.from_proto(self._call("training", None, "GetEvaluation", request))
 
     # ------------------------------------------------------------ interpretation, clustering
 
@@ -264,9 +268,11 @@ class Client:
                                                       explanation_pb2.GetClassExplanationRequest(
                                                           run_id=run_id, class_index=class_index)))
 
-    def pair_analysis(self, run_id: str) -> PairAnalysis:
+    def pair_analysis(self, run_id: str, pair: tuple[int, int] | list[int] | None = None) -> PairAnalysis:
+        """The explanation's pair analysis, or that of classes `pair` = (a, b) (any two classes)."""
         return PairAnalysis.from_proto(self._call("explanation", None, "GetPairAnalysis",
-                                                  explanation_pb2.GetPairAnalysisRequest(run_id=run_id)))
+                                                  explanation_pb2.GetPairAnalysisRequest(
+                                                      run_id=run_id, pair=list(pair or []))))
 
     def curate(self, run_id: str, *, prototype: int | None = None, scope: str | None = None,
                pair: list[int] | None = None) -> CurationResult:

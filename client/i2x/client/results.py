@@ -48,12 +48,13 @@ class Evaluation:
     accuracy: float
     confusion: list[list[int]]  # rows = true class, columns = predicted
     key: str
+    step: int = 0  # the checkpoint evaluated
 
     @classmethod
     def from_proto(cls, m) -> "Evaluation":
         k = m.num_classes
         flat = list(m.confusion)
-        return cls(m.run_id, m.accuracy, [flat[i * k:(i + 1) * k] for i in range(k)], m.key)
+        return cls(m.run_id, m.accuracy, [flat[i * k:(i + 1) * k] for i in range(k)], m.key, m.step)
 
 
 @dataclass

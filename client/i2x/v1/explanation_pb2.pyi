@@ -129,10 +129,12 @@ class ClassExplanation(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., class_index: _Optional[int] = ..., class_name: _Optional[str] = ..., num_samples: _Optional[int] = ..., shared_prototypes: _Optional[_Iterable[int]] = ..., specialized: _Optional[_Iterable[_Union[SpecializedGroup, _Mapping]]] = ..., key_checkpoints: _Optional[_Iterable[_Union[KeyCheckpoint, _Mapping]]] = ..., statements: _Optional[_Iterable[str]] = ..., json: _Optional[str] = ...) -> None: ...
 
 class GetPairAnalysisRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "pair")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    pair: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, run_id: _Optional[str] = ..., pair: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrototypeRole(_message.Message):
     __slots__ = ("prototype", "verdict", "favours", "flips", "unsupported_flips", "score", "presence_a", "presence_b", "contribution")

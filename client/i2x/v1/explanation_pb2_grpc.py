@@ -90,7 +90,8 @@ class ExplanationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPairAnalysis(self, request, context):
-        """The pair analysis.
+        """The pair analysis of the explanation's pair, or of any pair [a, b] (computed from the stored
+        prototypes and mapping W_t). FAILED_PRECONDITION before the explanation exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -119,21 +119,25 @@ class FinetuneTable(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., class_a: _Optional[int] = ..., class_b: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[FinetuneRow, _Mapping]]] = ..., key: _Optional[str] = ..., markdown_key: _Optional[str] = ...) -> None: ...
 
 class GetEvaluationRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "step")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    step: int
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("run_id", "accuracy", "num_classes", "confusion", "key")
+    __slots__ = ("run_id", "accuracy", "num_classes", "confusion", "key", "step")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     CONFUSION_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     accuracy: float
     num_classes: int
     confusion: _containers.RepeatedScalarFieldContainer[int]
     key: str
-    def __init__(self, run_id: _Optional[str] = ..., accuracy: _Optional[float] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., key: _Optional[str] = ...) -> None: ...
+    step: int
+    def __init__(self, run_id: _Optional[str] = ..., accuracy: _Optional[float] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., key: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...

@@ -134,7 +134,8 @@ class TrainingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEvaluation(self, request, context):
-        """Accuracy and confusion matrix of the final checkpoint. FAILED_PRECONDITION before training.
+        """Accuracy and confusion matrix of the final checkpoint, or of the checkpoint at `step` (evaluated
+        on first request, then read from the store). FAILED_PRECONDITION before training.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,6 +22,10 @@ VERDICTS = {"reliable": explanation_pb2.PROTOTYPE_VERDICT_RELIABLE,
             "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE}
 
 
+# Thresholds of i2x.core.explain.pair_analysis, taken from the explanation's recorded parameters.
+PAIR_PARAMETERS = ("min_presence_fraction", "min_contribution_fraction")
+
+
 class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationServiceServicer):
     service = "explanation"
 
@@ -78,8 +82,23 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
 
     async def GetPairAnalysis(self, request, context):
         run_id = run_id_of(request)
+        pair = pair_of(request.pair, "pair")
         doc = await self._explanation(run_id)
-        return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, doc.get("most_confused_pair") or {})
+        if pair is None or sorted(pair) == sorted(_explained_pair(doc)):
+            return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, doc.get("most_confused_pair") or {})
+        n_classes = len(doc.get("classes", []))
+        if max(pair) >= n_classes:
+            raise InvalidArgument(f"class indices must be in 0..{n_classes - 1}, got {pair}", field="pair")
+        analysis, counts = await asyncio.to_thread(self._analyze_pair, run_id, pair, doc.get("parameters") or {})
+        return pair_analysis_to_proto(run_id, analysis, counts)
+
+    def _analyze_pair(self, run_id: str, pair: list[int], parameters: dict) -> tuple[dict, dict]:
+        """Any pair, with the explanation's own pair-analysis thresholds; confusions of the final checkpoint."""
+        params = {name: parameters[name] for name in PAIR_PARAMETERS if name in parameters}
+        analysis = stages.analyze_pair(self.store, run_id, pair, **params)
+        confusion = self.store.get_npz(run_key(run_id, "evaluation", "final.npz"))["confusion"]
+        a, b = int(analysis["a"]), int(analysis["b"])
+        return analysis, {"a_to_b": int(confusion[a, b]), "b_to_a": int(confusion[b, a])}
 
     async def Curate(self, request, context):
         run_id = run_id_of(request)
@@ -92,6 +111,11 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
             run_id=run_id, prototype=int(result["prototype"]), size_before=int(result["size_before"]),
             size_after=int(result["size_after"]), removed_per_class=[int(v) for v in result["removed_per_class"]],
             key=result["key"], scope=SCOPE_VALUES[result["scope"]], pair=[int(v) for v in result["pair"]])
+
+
+def _explained_pair(doc: dict) -> list[int]:
+    pair = doc.get("most_confused_pair") or {}
+    return [int(pair["a"]), int(pair["b"])] if "a" in pair else []
 
 
 def class_explanation_to_proto(run_id: str, entry: dict) -> explanation_pb2.ClassExplanation:

@@ -1,35 +1,55 @@
-"""InterpretationService over stages.interpret_run with the Ray fan-out as map_units."""
+"""InterpretationService over stages.interpret_run, fanned out on the service's warm Ray pool."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
-from i2x.core.errors import FailedPrecondition, InvalidArgument
+from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine import stages
 from i2x.engine.params import InterpretParams
-from i2x.interpretation.fanout import ray_map_units
+from i2x.interpretation.fanout import WarmPool, ray_map_units, store_spec
 from i2x.servicers import StageServicer, interpret_params, run_id_of
+from i2x.storage import run_key
 from i2x.v1 import interpretation_pb2_grpc
 
 
 class InterpretationServicer(StageServicer, interpretation_pb2_grpc.InterpretationServiceServicer):
     service = "interpretation"
 
-    def __init__(self, store, jobs, *, max_workers: int | None = None):
+    def __init__(self, store, jobs, *, max_workers: int | None = None, pool_size: int | None = None):
         super().__init__(store, jobs)
-        self.max_workers = max_workers  # Ray actors per job (None: as many as the cluster offers)
+        self.max_workers = max_workers  # caps the pool (None: I2X_RAY_POOL_SIZE / the free Ray slots)
+        self._pool_size = pool_size
+        self._pool: WarmPool | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def pool(self) -> WarmPool:
+        """The warm actor pool, created on first use and kept until close()."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WarmPool(store_spec(self.store), size=self._pool_size, max_size=self.max_workers)
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
 
     def job_function(self, kind, run_id, params):
         if kind != "interpret":
             return None
-        store, max_workers = self.store, self.max_workers
+        store = self.store
+        params = dict(params)
+        steps = params.pop("steps", None) or None
 
         def run(ctx):
             interp = InterpretParams.from_dict(params)
-            fanout = ray_map_units(store, run_id, interp, max_workers=max_workers, cancel=ctx.cancel_event,
-                                   on_cancel=ctx.on_cancel)
+            fanout = ray_map_units(self.pool, run_id, interp, cancel=ctx.cancel_event, on_cancel=ctx.on_cancel)
             index = stages.interpret_run(store, run_id, interp, progress=ctx.progress, cancel=ctx.cancel_event,
-                                         map_units=fanout)
+                                         map_units=fanout, steps=steps)
             return {"steps": index["steps"], "target_layer": index["target_layer"],
                     "saliency_shape": index["saliency_shape"]}
 
@@ -42,14 +62,27 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         if not record.get("checkpoints"):
             raise FailedPrecondition(f"run {run_id!r} has no checkpoints yet: train it or register checkpoints",
                                      field="run_id")
-        if request.steps:
-            known = sorted(int(c["step"]) for c in record["checkpoints"])
-            missing = sorted(set(int(s) for s in request.steps) - set(known))
+        known = sorted(int(c["step"]) for c in record["checkpoints"])
+        steps = sorted(set(int(s) for s in request.steps))
+        if steps:
+            missing = sorted(set(steps) - set(known))
             if missing:
-                raise InvalidArgument(f"steps {missing} are not checkpoints of run {run_id!r} ({known})",
-                                      field="steps")
-            if sorted(set(request.steps)) != known:
-                # Later stages stack every checkpoint's unit; a subset would leave them incomplete.
-                raise InvalidArgument("interpret all checkpoints (leave steps empty): the explanation needs "
-                                      f"every one of {known}", field="steps")
-        return await self.start("interpret", run_id, params.to_dict())
+                raise NotFound(f"steps {missing} are not checkpoints of run {run_id!r} (it has {known})",
+                               field="steps")
+            if len(steps) < 2:
+                raise InvalidArgument(f"give at least 2 steps (or none for all {len(known)}): confidence changes "
+                                      f"need consecutive checkpoints, got {steps}", field="steps")
+        await asyncio.to_thread(self._check_earlier_interpretation, run_id, steps or known)
+        job_params = params.to_dict()
+        if steps and steps != known:
+            job_params["steps"] = steps
+        return await self.start("interpret", run_id, job_params)
+
+    def _check_earlier_interpretation(self, run_id: str, steps: list[int]) -> None:
+        """A run is interpreted at one set of steps: say so now rather than in a failed job."""
+        index_key = run_key(run_id, "interpretation", "index.json")
+        if self.store.exists(index_key):
+            done = self.store.get_json(index_key)["steps"]
+            if done != steps:
+                raise FailedPrecondition(f"run {run_id!r} was interpreted at steps {done}; register the same "
+                                         "checkpoints as a new run to interpret other steps", field="steps")

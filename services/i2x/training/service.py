@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from i2x.v1 import training_pb2, training_pb2_grpc
 
 class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer):
     service = "training"
+
+    def __init__(self, store, jobs):
+        super().__init__(store, jobs)
+        self._cache: dict = {}  # built model and explanation set of recent runs (evaluate_checkpoint)
+        self._evaluate_lock = threading.Lock()
 
     def job_function(self, kind, run_id, params):
         store = self.store
@@ -90,16 +96,26 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
 
     async def GetEvaluation(self, request, context):
         run_id = run_id_of(request)
+        if request.HasField("step"):
+            step = count(request.step, "step", low=0, high=2**62)
+            result = await asyncio.to_thread(self._evaluate, run_id, step)
+            confusion = np.asarray(result["confusion"], dtype=np.int64)
+            return _evaluation(run_id, confusion, result["key"], result["step"])
         key = run_key(run_id, "evaluation", "final.npz")
-        await asyncio.to_thread(stages.get_run, self.store, run_id)
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
         if not await asyncio.to_thread(self.store.exists, key):
             raise FailedPrecondition(f"run {run_id!r} has no evaluation yet: train it or register checkpoints",
                                      field="run_id")
         confusion = (await asyncio.to_thread(self.store.get_npz, key))["confusion"]
-        total = int(confusion.sum())
-        return training_pb2.Evaluation(run_id=run_id, accuracy=float(np.trace(confusion) / total) if total else 0.0,
-                                       num_classes=int(confusion.shape[0]),
-                                       confusion=[int(v) for v in confusion.ravel()], key=key)
+        steps = [int(c["step"]) for c in record.get("checkpoints", [])]
+        return _evaluation(run_id, confusion, key, steps[-1] if steps else 0)
+
+    def _evaluate(self, run_id: str, step: int) -> dict:
+        # One evaluation at a time: the cached model is loaded with one checkpoint's weights per call.
+        with self._evaluate_lock:
+            while len(self._cache) > 2 and (self.store.url, run_id) not in self._cache:
+                self._cache.pop(next(iter(self._cache)))  # keep a few runs' models and images only
+            return stages.evaluate_checkpoint(self.store, run_id, step, cache=self._cache)
 
     def _require_json(self, run_id: str, key: str, stage: str) -> dict:
         stages.get_run(self.store, run_id)
@@ -107,6 +123,13 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
             raise FailedPrecondition(f"run {run_id!r} has no {stage} result yet: run the {stage} job first",
                                      field="run_id")
         return self.store.get_json(key)
+
+
+def _evaluation(run_id: str, confusion: np.ndarray, key: str, step: int) -> training_pb2.Evaluation:
+    total = int(confusion.sum())
+    return training_pb2.Evaluation(run_id=run_id, accuracy=float(np.trace(confusion) / total) if total else 0.0,
+                                   num_classes=int(confusion.shape[0]), confusion=[int(v) for v in confusion.ravel()],
+                                   key=key, step=int(step))
 
 
 def _train_summary(index: dict) -> dict:
