@@ -4,6 +4,8 @@ in COMMANDS, so a new one (demo, report, ...) is one function and one list entry
     i2x serve training|interpretation|clustering|explanation   one service (flags override I2X_*)
     i2x up                                                      store + local Ray + the four services
     i2x analyze RUN_ID ...                                      the pipeline against running services
+    i2x demo                                                    the whole method on the embedded MNIST subset
+    i2x report STORE --run RUN_ID [--compare ...]               the HTML report of a run, or two side by side
 """
 
 from __future__ import annotations
@@ -92,12 +94,14 @@ def add_up_command(sub) -> None:
 
 
 class _Child:
-    """One service subprocess; its output is echoed with a prefix and scanned for the listening line."""
+    """One service subprocess; its output goes to `log` (or is echoed with a prefix) and is
+    scanned for the listening line."""
 
-    def __init__(self, service: str, argv: list[str], env: dict):
+    def __init__(self, service: str, argv: list[str], env: dict, log=None):
         self.service = service
         self.address: str | None = None
         self.ready = threading.Event()
+        self.log = log
         self.process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         bufsize=1, start_new_session=True)  # Ctrl-C reaches the parent only
         threading.Thread(target=self._pump, daemon=True).start()
@@ -108,8 +112,12 @@ class _Child:
             if line.startswith(marker):
                 self.address = line[len(marker):].split()[0]
                 self.ready.set()
-            sys.stdout.write(f"[{self.service}] {line}")
-            sys.stdout.flush()
+            if self.log is not None:
+                self.log.write(line)
+                self.log.flush()
+            else:
+                sys.stdout.write(f"[{self.service}] {line}")
+                sys.stdout.flush()
         self.ready.set()  # exited: stop waiting
 
     def stop(self) -> None:
@@ -117,66 +125,115 @@ class _Child:
             self.process.send_signal(signal.SIGTERM)
 
 
-def cmd_up(args) -> int:
-    from i2x import raycluster
-    from i2x.storage import open_store
+class LocalSystem:
+    """The store, a Ray head (unless one is given) and the four services as subprocesses.
 
-    store = open_store(args.store)  # creates a local directory / checks the bucket before anything starts
-    ray_address = args.ray_address or (None if config.get("I2X_RAY_ADDRESS") == "local"
-                                       else config.get("I2X_RAY_ADDRESS"))
-    started_ray = ray_address is None
-    if started_ray:  # a head owned by this process: ray.shutdown() below stops exactly what it started
-        import ray
+    A context manager: `with LocalSystem(...) as system:` waits until every service listens
+    (system.addresses: service -> host:port) and stops all of it, Ray included, on exit.
+    log_dir: write each service's output to <log_dir>/<service>.log instead of echoing it.
+    """
 
-        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
-        ray_address = raycluster.gcs_address()
-    # Built after ray.init: it sets RAY_AUTH_MODE=token, which the services need to join this head.
-    env = dict(os.environ, I2X_STORE=store.url[len("file://"):] if store.url.startswith("file://") else store.url,
-               I2X_HOST=args.host, I2X_RAY_ADDRESS=ray_address)
-    if args.token:
-        env["I2X_API_TOKEN"] = args.token
+    def __init__(self, store_url: str | None = None, *, host: str = "127.0.0.1", base_port: int | None = None,
+                 ray_address: str | None = None, ray_cpus: int | None = None, token: str | None = None,
+                 timeout: float = 120.0, log_dir: str | None = None):
+        from i2x.storage import open_store
 
-    children: list[_Child] = []
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+        self.store = open_store(store_url)  # creates a local directory / checks the bucket before anything starts
+        self.host, self.base_port, self.token, self.timeout, self.log_dir = host, base_port, token, timeout, log_dir
+        self.ray_address = ray_address or (None if config.get("I2X_RAY_ADDRESS") == "local"
+                                           else config.get("I2X_RAY_ADDRESS"))
+        self.ray_cpus = ray_cpus
+        self.started_ray = False
+        self.children: list[_Child] = []
+        self.addresses: dict[str, str] = {}
+
+    def __enter__(self) -> "LocalSystem":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from i2x import raycluster
+
+        if self.ray_address is None:  # a head owned by this process: ray.shutdown() stops exactly what it started
+            import ray
+
+            ray.init(num_cpus=self.ray_cpus, include_dashboard=False, log_to_driver=False)
+            self.started_ray = True
+            self.ray_address = raycluster.gcs_address()
+        # Built after ray.init: it sets RAY_AUTH_MODE=token, which the services need to join this head.
+        url = self.store.url
+        env = dict(os.environ, I2X_STORE=url[len("file://"):] if url.startswith("file://") else url,
+                   I2X_HOST=self.host, I2X_RAY_ADDRESS=self.ray_address)
+        if self.token:
+            env["I2X_API_TOKEN"] = self.token
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
         for offset, service in enumerate(config.SERVICES):
-            port = config.SERVICE_PORTS[service] if args.base_port is None else (
-                0 if args.base_port == 0 else args.base_port + offset)
+            port = config.SERVICE_PORTS[service] if self.base_port is None else (
+                0 if self.base_port == 0 else self.base_port + offset)
             argv = [sys.executable, "-m", "i2x.cli", "serve", service, "--port", str(port)]
-            children.append(_Child(service, argv, env))
-        deadline = time.monotonic() + args.timeout
-        for child in children:
+            log = open(os.path.join(self.log_dir, f"{service}.log"), "w") if self.log_dir else None
+            self.children.append(_Child(service, argv, env, log))
+        deadline = time.monotonic() + self.timeout
+        for child in self.children:
             child.ready.wait(max(0.0, deadline - time.monotonic()))
-        failed = [c.service for c in children if c.address is None]
+        failed = [c.service for c in self.children if c.address is None]
         if failed:
-            print(f"i2x up: {', '.join(failed)} did not start (see their output above)", file=sys.stderr)
-            return 1
-        print(f"\ni2x is up. store: {store.url}   ray: {ray_address}")
-        for child in children:
-            print(f"  {child.service:<15} {child.address}")
-        print(f"  client: Client.from_env() with I2X_ENDPOINT={args.host}"
-              + ("" if args.base_port is None else " and the I2X_*_ADDR variables above")
-              + "\nCtrl-C stops everything.", flush=True)
-        while not stop.is_set():
-            if any(c.process.poll() is not None for c in children):
-                print("i2x up: a service exited; stopping the others", file=sys.stderr)
-                return 1
-            stop.wait(0.5)
-        return 0
-    finally:
-        for child in children:
+            where = f" (logs in {self.log_dir})" if self.log_dir else " (see their output above)"
+            raise RuntimeError(f"{', '.join(failed)} did not start{where}")
+        self.addresses = {c.service: c.address for c in self.children}
+
+    def exited(self) -> list[str]:
+        return [c.service for c in self.children if c.process.poll() is not None]
+
+    def stop(self) -> None:
+        for child in self.children:
             child.stop()
         grace = float(config.get("I2X_GRACE_SECONDS")) + 5
-        for child in children:
+        for child in self.children:
             try:
                 child.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 child.process.kill()
-        if started_ray:
+            if child.log is not None:
+                child.log.close()
+        self.children = []
+        if self.started_ray:
             import ray
 
             ray.shutdown()
+            self.started_ray = False
+
+
+def cmd_up(args) -> int:
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with LocalSystem(args.store, host=args.host, base_port=args.base_port, ray_address=args.ray_address,
+                         ray_cpus=args.ray_cpus, token=args.token, timeout=args.timeout) as system:
+            print(f"\ni2x is up. store: {system.store.url}   ray: {system.ray_address}")
+            for service, address in system.addresses.items():
+                print(f"  {service:<15} {address}")
+            print(f"  client: Client.from_env() with I2X_ENDPOINT={args.host}"
+                  + ("" if args.base_port is None else " and the I2X_*_ADDR variables above")
+                  + "\nCtrl-C stops everything.", flush=True)
+            while not stop.is_set():
+                if system.exited():
+                    print("i2x up: a service exited; stopping the others", file=sys.stderr)
+                    return 1
+                stop.wait(0.5)
+            return 0
+    except RuntimeError as exc:
+        print(f"i2x up: {exc}", file=sys.stderr)
+        return 1
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         print("i2x up: stopped", flush=True)
@@ -323,7 +380,20 @@ def _print_summary(result) -> None:
 
 # ---------------------------------------------------------------- main
 
-COMMANDS: list[Callable] = [add_serve_command, add_up_command, add_analyze_command]
+def add_demo_command(sub) -> None:
+    from i2x.demo import add_demo_command as add
+
+    add(sub)
+
+
+def add_report_command(sub) -> None:
+    from i2x.report.cli import add_report_command as add
+
+    add(sub)
+
+
+COMMANDS: list[Callable] = [add_serve_command, add_up_command, add_analyze_command, add_demo_command,
+                            add_report_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

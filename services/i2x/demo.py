@@ -1,4 +1,9 @@
-"""`i2x demo`: the whole method on the embedded MNIST subset, with progress bars and a summary."""
+"""`i2x demo`: the whole method on the embedded MNIST subset, with progress bars and a summary.
+
+By default it goes through the system: it starts a local Ray head and the four services on
+free loopback ports (as `i2x up` does), drives them with the SDK's run_pipeline, and stops
+them at the end. --in-process runs the same stages in this process instead.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,61 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="fine-tuning repeats per protocol (paper: 5)")
     parser.add_argument("--prototypes", type=int, default=32, help="number of prototypes M (paper: 32 on MNIST)")
     parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning protocols")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the stages in this process instead of through the services")
     parser.set_defaults(func=run_demo)
 
 
+MODEL = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size": 28}
+DATASET = {"kind": "mnist5k"}
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    return run_in_process(args) if args.in_process else run_through_services(args)
+
+
+def run_through_services(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import grpc
+
+    from i2x.cli import LocalSystem, _Bars
+    from i2x.client import Client, JobFailed
+    from i2x.report import build_report
+
+    logs = tempfile.mkdtemp(prefix="i2x-demo-logs-")
+    start = time.perf_counter()
+    print(f"I2X demo: starting a local Ray head and the four services (logs in {logs})", flush=True)
+    with LocalSystem(args.store, base_port=0, log_dir=logs) as system:
+        store = system.store
+        print(f"run {args.run!r} in {store.url}; services: "
+              + ", ".join(f"{s} {a}" for s, a in system.addresses.items()), flush=True)
+        bars = _Bars()
+        timings: dict[str, float] = {}
+        try:
+            with Client(**system.addresses, store=store.url) as client:
+                result = client.run_pipeline(
+                    args.run, model=MODEL, dataset=DATASET, train={"preset": args.preset},
+                    prototypes={"n_prototypes": args.prototypes},
+                    finetune=None if args.no_finetune else {"repeats": args.repeats},
+                    progress=bars)
+        except (JobFailed, grpc.RpcError) as exc:
+            bars.close()
+            detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+            print(f"i2x demo: {detail} (service logs in {logs})", file=sys.stderr)
+            return 1
+        bars.close()
+        timings["services"] = time.perf_counter() - start
+        for note in result.notes:
+            print(f"note: {note}")
+    report_start = time.perf_counter()
+    build_report(store, args.run)
+    timings["report"] = time.perf_counter() - report_start
+    print_summary(store, args.run, time.perf_counter() - start, timings)
+    return 0
+
+
+def run_in_process(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from i2x.engine.params import ExplainParams, FinetuneParams, PrototypeParams
@@ -48,8 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"I2X demo: run {args.run!r} in {store.url}", flush=True)
     result = run_pipeline(
         store, args.run,
-        model={"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size": 28},
-        dataset={"kind": "mnist5k"},
+        model=MODEL, dataset=DATASET,
         train={"preset": args.preset},
         prototypes=PrototypeParams(n_prototypes=args.prototypes),
         explain=ExplainParams(),
@@ -57,20 +112,21 @@ def run_demo(args: argparse.Namespace) -> int:
         progress=progress)
     for bar in bars.values():
         bar.close()
-    print_summary(store, result, time.perf_counter() - start)
+    print_summary(store, args.run, time.perf_counter() - start, result.timings)
     return 0
 
 
-def print_summary(store, result, seconds: float) -> None:
+def print_summary(store, run_id: str, seconds: float, timings: dict[str, float]) -> None:
+    """What the run found, read back from the store: the same for both ways of running."""
     from i2x.engine import stages
 
-    run = stages.get_run(store, result.run_id)
-    explanation = result.explanation
+    run = stages.get_run(store, run_id)
+    explanation = stages.get_explanation(store, run_id)
     classes = run["classes"]
-    folder = f"{store.url}/runs/{result.run_id}"
+    folder = f"{store.url}/runs/{run_id}"
     print()
     print(f"Results folder: {folder}")
-    index = store.get_json(stages.run_key(result.run_id, "checkpoints", "index.json"))
+    index = store.get_json(stages.run_key(run_id, "checkpoints", "index.json"))
     print(f"  final test accuracy {index['accuracy'] * 100:.2f}% over {len(run['checkpoints'])} checkpoints")
     pair = explanation.get("most_confused_pair") or {}
     if pair:
@@ -78,9 +134,11 @@ def print_summary(store, result, seconds: float) -> None:
               f"({pair['a_to_b']} + {pair['b_to_a']} = {pair['count']} test confusions)")
     if explanation.get("uncertain_prototype") is not None:
         print(f"  uncertain prototype: P-{explanation['uncertain_prototype']}")
-    if result.finetune:
+    table = stages.run_key(run_id, "finetune", "table.md")
+    if store.exists(table):
         print()
-        print(store.get_bytes(stages.run_key(result.run_id, "finetune", "table.md")).decode())
-    if result.report_key:
-        print(f"Report: {store.url}/{result.report_key}")
-    print(f"Done in {seconds:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in result.timings.items())})")
+        print(store.get_bytes(table).decode())
+    report = stages.run_key(run_id, "report.html")
+    if store.exists(report):
+        print(f"Report: {store.url}/{report}")
+    print(f"Done in {seconds:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")

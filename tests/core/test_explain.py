@@ -10,6 +10,7 @@ import pytest
 from i2x.core.errors import InvalidArgument
 from i2x.core.explain import (
     build_explanation,
+    confused_pairs,
     class_explanation,
     curated_indices,
     most_confused_pair,
@@ -203,7 +204,7 @@ def test_build_explanation_end_to_end():
                             tau=0.5, lam=2.0)
     assert json.loads(json.dumps(out)) == out
     assert out["most_confused_pair"] == {"a": 0, "b": 1, "names": ["two", "seven"], "count": 5, "a_to_b": 3,
-                                         "b_to_a": 2, "source": "confusion"}
+                                         "b_to_a": 2, "source": "confusion", "skipped": []}
     assert out["uncertain_prototype"] == 2 and out["checkpoint_steps"] == [0, 10, 20, 30, 40]
     assert [c["shared"] for c in out["per_class"]] == [[0, 1, 2, 3], [0, 1, 3]]
     # P2 is in samples 0, 1 (class 0) and 2 (class 1): all three go, under either scope (both classes are the pair)
@@ -220,3 +221,30 @@ def test_build_explanation_rejects_empty_class():
         build_explanation(classes=["a", "b", "c"], assignments=np.zeros((4, 1, 2), int), labels=np.array([0, 0, 1, 1]),
                           confidences=np.full((5, 4, 3), 1 / 3), W=np.zeros((4, 4, 3)), steps=[0, 1, 2, 3, 4],
                           confusion=np.eye(3, dtype=int), n_prototypes=4)
+
+
+def test_without_an_uncertain_prototype_the_next_confused_pair_is_taken():
+    # K = 3, M = 2, both prototypes in every sample. W[t, m, c] over 4 pairs of checkpoints:
+    # class 0 all zero; class 1: P0 = -1, P1 = -0.5 throughout, so D(0,1) = W0 - W1 = +1 / +0.5
+    # at every step: both reliable for class 0, nothing to curate for the most confused pair (0,1).
+    # class 2: P0 = -1 (D(1,2)[P0] = 0, inactive), P1 = [-1.3, 0.3, -1.3, 0.3], so
+    # D(1,2)[P1] = -0.5 - W2 = [0.8, -0.8, 0.8, -0.8]: it flips with nothing opposing -> uncertain.
+    W = np.zeros((4, 2, 3))
+    W[:, 0, 1], W[:, 1, 1] = -1.0, -0.5
+    W[:, 0, 2], W[:, 1, 2] = -1.0, [-1.3, 0.3, -1.3, 0.3]
+    assignments = np.tile(np.array([[[0, 1]]]), (6, 1, 1))
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    conf = np.full((5, 6, 3), 1 / 3)
+    # symmetric counts: (0,1) = 3+2 = 5, (1,2) = 1+2 = 3, (0,2) = 0
+    confusion = np.array([[10, 3, 0], [2, 10, 1], [0, 2, 10]])
+    assert confused_pairs(confusion) == [(0, 1, 5), (1, 2, 3)]
+    out = build_explanation(classes=["a", "b", "c"], assignments=assignments, labels=labels, confidences=conf,
+                            W=W, steps=[0, 10, 20, 30, 40], confusion=confusion, n_prototypes=2)
+    pair = out["most_confused_pair"]
+    assert (pair["a"], pair["b"], pair["count"], pair["source"]) == (1, 2, 3, "confusion-fallback")
+    assert pair["skipped"] == [{"a": 0, "b": 1, "count": 5}]
+    assert out["uncertain_prototype"] == 1 and out["uncertain_prototype_source"] == "uncertain"
+    # asked for a pair explicitly: no fallback
+    given = build_explanation(classes=["a", "b", "c"], assignments=assignments, labels=labels, confidences=conf,
+                              W=W, steps=[0, 10, 20, 30, 40], confusion=confusion, n_prototypes=2, pair=(0, 1))
+    assert given["uncertain_prototype"] is None and given["most_confused_pair"]["source"] == "given"

@@ -85,7 +85,7 @@ class ConfidenceClusterer:
     are the densest group possible (HDBSCAN would call them all noise).
     """
 
-    def __init__(self, min_cluster_size: int = 10, min_samples: int | None = None,
+    def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None,
                  cluster_selection_epsilon: float = 0.0, *, core_dist_n_jobs: int = 1):
         self.min_cluster_size = min_cluster_size
         self.min_samples = min_samples
@@ -188,7 +188,7 @@ class DynamicsResult:
     n_clusters: np.ndarray     # (T-1,) int64, L per step
 
 
-def fit_dynamics(confidences, intensities, steps, *, min_cluster_size: int = 10, min_samples: int | None = None,
+def fit_dynamics(confidences, intensities, steps, *, min_cluster_size: int = 5, min_samples: int | None = None,
                  tau: float = 0.0, lam: float = 1.0, labels=None,
                  cluster_selection_epsilon: float = 0.0) -> DynamicsResult:
     """Eq. 5-8 over every consecutive pair of checkpoints.

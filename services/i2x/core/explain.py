@@ -388,6 +388,16 @@ def most_confused_pair(confusion) -> tuple[int, int, int]:
     return int(a), int(b), int(symmetric[a, b])
 
 
+def confused_pairs(confusion) -> list[tuple[int, int, int]]:
+    """Every (a, b, C[a,b] + C[b,a]) with a < b and a non-zero count, most confused first (ties: smallest a, b)."""
+    most_confused_pair(confusion)  # validates, and refuses a matrix without confusion
+    confusion = np.asarray(confusion)
+    symmetric = np.triu(confusion + confusion.T, k=1)
+    a_idx, b_idx = np.nonzero(symmetric)
+    pairs = [(int(a), int(b), int(symmetric[a, b])) for a, b in zip(a_idx, b_idx)]
+    return sorted(pairs, key=lambda item: (-item[2], item[0], item[1]))
+
+
 def curated_indices(presence, labels, prototype, scope: str = "all", pair=None) -> np.ndarray:
     """Indices (int64, ascending) of the samples kept: those whose map lacks `prototype`.
     scope "pair": only samples of the pair's classes are filtered; the others are all kept."""
@@ -461,6 +471,7 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         for c in range(n_classes)
     ]
 
+    skipped: list[dict] = []
     if pair is None:
         a, b, count = most_confused_pair(confusion)
         pair_source = "confusion"
@@ -472,9 +483,23 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
             raise InvalidArgument(f"a pair needs two different classes, got a = b = {a}", field="pair")
         count = int(confusion[a, b] + confusion[b, a])
         pair_source = "given"
-    analysis = pair_analysis(a, b, presence=pres, labels=labels, W=W, steps=steps, class_names=class_names,
+    def analyse(a: int, b: int) -> dict:
+        return pair_analysis(a, b, presence=pres, labels=labels, W=W, steps=steps, class_names=class_names,
                              min_presence_fraction=min_presence_fraction,
                              min_contribution_fraction=min_contribution_fraction)
+
+    analysis = analyse(a, b)
+    if pair is None and analysis["uncertain_prototype"] is None:
+        # Nothing alternates between the most confused classes: curation needs a confusing
+        # prototype, so take the next most confused pair that has one, and say which were passed over.
+        passed_over = [{"a": a, "b": b, "count": int(count)}]
+        for a2, b2, count2 in confused_pairs(confusion)[1:]:
+            candidate = analyse(a2, b2)
+            if candidate["uncertain_prototype"] is not None:
+                a, b, count, analysis, pair_source = a2, b2, count2, candidate, "confusion-fallback"
+                skipped = passed_over
+                break
+            passed_over.append({"a": a2, "b": b2, "count": int(count2)})
     uncertain = analysis["uncertain_prototype"]
     curation = None
     if uncertain is not None:
@@ -512,7 +537,7 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         "per_class": per_class,
         "most_confused_pair": {"a": a, "b": b, "names": [class_names[a], class_names[b]], "count": int(count),
                                "a_to_b": int(confusion[a, b]), "b_to_a": int(confusion[b, a]),
-                               "source": pair_source},
+                               "source": pair_source, "skipped": skipped},
         "pair_analysis": analysis,
         "uncertain_prototype": uncertain,
         "uncertain_prototype_source": analysis["uncertain_prototype_source"],

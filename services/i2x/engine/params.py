@@ -33,7 +33,7 @@ class PrototypeParams(_Params):
 
 @dataclass
 class ClusterParams(_Params):
-    min_cluster_size: int = 10        # HDBSCAN over the confidence changes of one step
+    min_cluster_size: int = 5         # HDBSCAN over the confidence changes of one step (hdbscan's default)
     min_samples: int | None = None
     cluster_selection_epsilon: float = 0.0
 

@@ -28,7 +28,7 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
                         help="RUN_B: add a comparison with RUN_B to --run's report; or RUN_A RUN_B: a page "
                              "comparing the two runs side by side")
     parser.add_argument("--compare-store", metavar="URL", help="the store holding the compared run (default: the same)")
-    parser.set_defaults(handler=run_report_command)
+    parser.set_defaults(func=run_report_command)
     return parser
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     add_report_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        return args.func(args)
     except Exception as error:  # noqa: BLE001 - domain errors print their message, not a traceback
         from i2x.core.errors import I2XError
 
