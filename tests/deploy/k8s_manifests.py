@@ -65,10 +65,12 @@ def pod_templates(docs: list[dict]) -> list[PodTemplate]:
                           **{"ray.io/cluster": name, "ray.io/node-type": "head", "ray.io/group": "headgroup"})
             extra = []
             if d["spec"].get("enableInTreeAutoscaling"):
-                # KubeRay adds the autoscaler sidecar from autoscalerOptions.
+                # KubeRay adds the autoscaler sidecar from autoscalerOptions (env/envFrom appended
+                # to its own variables).
                 opts = d["spec"].get("autoscalerOptions", {})
                 extra.append({"name": "autoscaler", "resources": opts.get("resources", {}),
-                              "securityContext": opts.get("securityContext", {})})
+                              "securityContext": opts.get("securityContext", {}),
+                              "env": opts.get("env", []), "envFrom": opts.get("envFrom", [])})
             out.append(PodTemplate(f"RayCluster/{name}/head", labels, head["spec"], extra))
             for group in d["spec"]["workerGroupSpecs"]:
                 t = group["template"]
@@ -118,6 +120,64 @@ def resolved_env(container: dict, docs: list[dict]) -> dict[str, object]:
         else:
             env[item["name"]] = ""
     return env
+
+
+# ---- Ray token authentication -------------------------------------------------------------
+
+RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_processes(docs: list[dict], services: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """(where, container) for every container that runs Ray or talks to it: the Ray container of
+    the head and of each worker group, the autoscaler sidecar, and the services' containers."""
+    out = []
+    for template in pod_templates(docs):
+        if template.owner.startswith("RayCluster/"):
+            out.append((f"{template.owner}/{template.spec['containers'][0]['name']}",
+                        template.spec["containers"][0]))
+            out += [(f"{template.owner}/{c['name']}", c) for c in template.extra_containers]
+    deployments = by_kind(docs, "Deployment")
+    for svc in services:
+        out.append((f"Deployment/i2x-{svc}", deployments[f"i2x-{svc}"]["spec"]["template"]["spec"]["containers"][0]))
+    return out
+
+
+def ray_auth_problems(docs: list[dict], services: tuple[str, ...]) -> list[str]:
+    """What breaks Ray's token authentication in these docs; [] when it is consistently off or on.
+
+    Off: no container sets any RAY_AUTH_* (`ray start --head` then runs unauthenticated).
+    On: once anything sets one, a head with a token turns auth on, and every process that
+    connects to it sends the token only with RAY_AUTH_MODE=token in its own environment. So each
+    Ray container and each service needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from one and the
+    same Secret key, as explicit `env` entries: KubeRay copies only `env` into the workers'
+    wait-gcs-ready init container (its `ray health-check` must authenticate too)."""
+    processes = ray_processes(docs, services)
+    resolved = {where: resolved_env(c, docs) for where, c in processes}
+    if not any(var in env for env in resolved.values() for var in RAY_AUTH_VARS):
+        return []
+    problems = []
+    token_sources = set()
+    for where, container in processes:
+        explicit = {item["name"]: item for item in container.get("env", [])}
+        env = resolved[where]
+        for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            if var not in env:
+                problems.append(f"{where}: {var} is missing")
+            elif var not in explicit:
+                problems.append(f"{where}: {var} comes from envFrom; it must be an explicit env entry")
+        if "RAY_AUTH_MODE" in env and env["RAY_AUTH_MODE"] != "token":
+            problems.append(f"{where}: RAY_AUTH_MODE={env['RAY_AUTH_MODE']!r}, not 'token'")
+        if "RAY_AUTH_TOKEN_PATH" in env:
+            problems.append(f"{where}: RAY_AUTH_TOKEN_PATH is set; use RAY_AUTH_TOKEN from the Secret")
+        token = env.get("RAY_AUTH_TOKEN")
+        if token is not None:
+            if isinstance(token, tuple) and token[0] == "secret":
+                token_sources.add(token[1:])
+            else:
+                problems.append(f"{where}: RAY_AUTH_TOKEN must come from a Secret, not {token!r}")
+    if len(token_sources) > 1:
+        problems.append(f"RAY_AUTH_TOKEN comes from different Secret keys: {sorted(token_sources)}")
+    return problems
 
 
 # ---- NetworkPolicy evaluation -------------------------------------------------------------
