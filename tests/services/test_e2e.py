@@ -92,16 +92,30 @@ def test_bring_your_own_checkpoints_and_cancel(stack, tiny_dataset, tmp_path):
                       explanation_fraction=0.5)
     info = client.register_checkpoints("byo", local).result(timeout=60)
     assert info["steps"] == sorted(local)
-    job = client.interpret("byo")
-    job.cancel()  # Ray actors take seconds to start: the cancel lands while the job runs
+    # the same files again as many more checkpoints, so the interpretation has work left to cancel
+    many = {step * 100 + copy: path for step, path in local.items() for copy in range(10)}
+    client.create_run("byo-many", model=PIPELINE["model"], dataset={"kind": "npz", "root": tiny_dataset},
+                      explanation_fraction=1.0)
+    client.register_checkpoints("byo-many", many).result(timeout=60)
+    job = client.interpret("byo-many")
+    for event in job.watch():
+        if event.artifact:  # the warm pool is working: cancel mid-job
+            break
+    job.cancel()
     from i2x.client import JobFailed
 
     with pytest.raises(JobFailed) as failed:
         job.result(timeout=60)
     assert failed.value.job.state == "CANCELLED"
     with pytest.raises(Exception):
-        client.load("runs/byo/interpretation/index.json")  # the cancelled job wrote no index
-    # the same work started again finishes, skipping whatever unit the cancelled job wrote
+        client.load("runs/byo-many/interpretation/index.json")  # the cancelled job wrote no index
+    store = services.servicers["interpretation"].store
+    written = [k for k in store.list("runs/byo-many/interpretation/") if k.endswith(".npz")]
+    assert 1 <= len(written) < len(many), "cancel did not stop the job's remaining Ray work"
+    # the warm pool survives the cancel: the next job runs on the same actors
+    pool = services.servicers["interpretation"].pool
+    started = pool.started
     assert client.interpret("byo").result(timeout=60)["steps"] == sorted(local)
+    assert pool.started == started
     with pytest.raises(grpc.RpcError):
         client.get_run("../byo")

@@ -86,13 +86,16 @@ class Job:
     def done(self) -> bool:
         return self.refresh().finished
 
-    def watch(self) -> Iterator[JobEvent]:
-        """Progress events until the job ends; reconnects when the stream drops (UNAVAILABLE)."""
+    def watch(self, *, deadline: float | None = None) -> Iterator[JobEvent]:
+        """Progress events until the job ends; reconnects when the stream drops (UNAVAILABLE).
+        deadline (time.monotonic()): the stream ends with DEADLINE_EXCEEDED then."""
         attempt = 0
         while True:
             try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 stream = self._client._stub(self.service, "jobs").WatchJob(
-                    jobs_pb2.WatchJobRequest(job_id=self.job_id), metadata=self._client._metadata)
+                    jobs_pb2.WatchJobRequest(job_id=self.job_id), metadata=self._client._metadata,
+                    timeout=remaining)
                 for e in stream:
                     attempt = 0
                     event = JobEvent(e.job_id, _state(e.state), e.done, e.total, e.message, e.artifact or None,
@@ -109,8 +112,20 @@ class Job:
                 attempt += 1
 
     def result(self, timeout: float | None = None) -> dict:
-        """Wait for the end; the job's result dict, or JobFailed; TimeoutError after `timeout` s."""
+        """Wait for the end; the job's result dict, or JobFailed; TimeoutError after `timeout` s.
+
+        Waits on the WatchJob stream, so the end is known the moment the service reports it
+        (polling GetJob with backoff added up to a second per job); polls only when the stream
+        is not served."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for _ in self.watch(deadline=deadline):
+                pass
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"job {self.job_id} still {self.refresh().state} after {timeout} s") from None
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
         delay = 0.05
         while not self.refresh().finished:
             if deadline is not None and time.monotonic() >= deadline:
