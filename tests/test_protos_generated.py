@@ -48,3 +48,11 @@ def test_configuration_doc_lists_every_setting():
     text = (COMMITTED.parents[2] / "docs" / "CONFIGURATION.md").read_text()
     missing = [s.env for s in config.SETTINGS if f"`{s.env}`" not in text]
     assert not missing, f"docs/CONFIGURATION.md lacks {missing}: regenerate its table from i2x.config.SETTINGS"
+
+
+def test_readme_names_every_setting():
+    from i2x import config
+
+    text = (COMMITTED.parents[2] / "README.md").read_text()
+    missing = [s.env for s in config.SETTINGS if f"`{s.env}`" not in text]
+    assert not missing, f"README.md's configuration table lacks {missing}"
