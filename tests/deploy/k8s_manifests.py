@@ -129,10 +129,13 @@ RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 def ray_processes(docs: list[dict], services: tuple[str, ...]) -> list[tuple[str, dict]]:
     """(where, container) for every container that runs Ray or talks to it: the Ray container of
-    the head and of each worker group, the autoscaler sidecar, and the services' containers."""
+    the head and of each worker group, any init container the manifests declare in a Ray pod
+    (KubeRay's own wait-gcs-ready is injected from the Ray container's `env`, so it is covered
+    by that container's entries), the autoscaler sidecar, and the services' containers."""
     out = []
     for template in pod_templates(docs):
         if template.owner.startswith("RayCluster/"):
+            out += [(f"{template.owner}/{c['name']}", c) for c in template.spec.get("initContainers", [])]
             out.append((f"{template.owner}/{template.spec['containers'][0]['name']}",
                         template.spec["containers"][0]))
             out += [(f"{template.owner}/{c['name']}", c) for c in template.extra_containers]
