@@ -167,12 +167,15 @@ def pair_contributions(steps, contributions, *, name_a: str, name_b: str, reliab
     for n, m in enumerate(others):
         ax.plot(steps, contributions[:, m], color="#BBBBBB", lw=0.7, zorder=1,
                 label="other prototypes" if n == 0 else None)
+    # Reliable lines take the palette without its orange (kept apart from the uncertain colour);
+    # uncertain lines share one colour and differ by marker.
+    reliable_colors = [c for c in PALETTE if c != "#E69F00"]
     for n, m in enumerate(reliable):
-        ax.plot(steps, contributions[:, m], color=PALETTE[n % 4], lw=2, marker="o", ms=3, zorder=3,
-                label=f"{proto(m)} (reliable)")
-    for m in uncertain:
-        ax.plot(steps, contributions[:, m], color=UNCERTAIN_COLOR, lw=2.6, ls="--", marker="s", ms=4, zorder=4,
-                label=f"{proto(m)} ({uncertain_label})")
+        ax.plot(steps, contributions[:, m], color=reliable_colors[n % len(reliable_colors)], lw=2, marker="o", ms=3,
+                zorder=3, label=f"{proto(m)} (reliable)")
+    for n, m in enumerate(uncertain):
+        ax.plot(steps, contributions[:, m], color=UNCERTAIN_COLOR, lw=2.6, ls="--", marker="s^Dv"[n % 4], ms=5,
+                zorder=4, label=f"{proto(m)} ({uncertain_label})")
     ax.axhline(0, color="black", lw=0.8)
     limit = max(np.abs(contributions).max(), 1e-9) * 1.1
     ax.set_ylim(-limit, limit)
