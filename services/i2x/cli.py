@@ -272,6 +272,9 @@ def add_analyze_command(sub) -> None:
     g.add_argument("--pair", type=int, nargs=2, metavar=("A", "B"), help="analyse this class pair")
     g.add_argument("--finetune", action="store_true", help="also curate and fine-tune (paper Table 1)")
     g.add_argument("--repeats", type=int, help="fine-tuning repeats R")
+    g.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="last, build the HTML report in the explanation service (runs/<run>/report.html; "
+                        "default: on)")
     g.add_argument("--timeout", type=float, default=None, help="seconds per job")
     p.set_defaults(func=cmd_analyze)
 
@@ -346,7 +349,7 @@ def cmd_analyze(args) -> int:
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
-                progress=bars, timeout=args.timeout)
+                progress=bars, timeout=args.timeout, report=args.report)
         except JobFailed as exc:
             bars.close()
             print(f"i2x analyze: {exc}", file=sys.stderr)
@@ -357,7 +360,20 @@ def cmd_analyze(args) -> int:
             return 1
     bars.close()
     _print_summary(result)
+    if result.report_key:
+        print(f"report: {_report_location(result.report_key, args.store or os.environ.get('I2X_STORE'))}")
     return 0
+
+
+def _report_location(key: str, store_url: str | None) -> str:
+    """Where a person opens the report: a file path for a local store, the store URL/key otherwise."""
+    if not store_url:
+        return f"{key} (in the services' store)"
+    if store_url.startswith("s3://"):
+        return f"{store_url.rstrip('/')}/{key}"
+    from pathlib import Path
+
+    return str(Path(store_url.removeprefix("file://")).expanduser().resolve() / key)
 
 
 def _print_summary(result) -> None:

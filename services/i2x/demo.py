@@ -44,7 +44,6 @@ def run_through_services(args: argparse.Namespace) -> int:
 
     from i2x.cli import LocalSystem, _Bars
     from i2x.client import Client, JobFailed
-    from i2x.report import build_report
 
     logs = tempfile.mkdtemp(prefix="i2x-demo-logs-")
     start = time.perf_counter()
@@ -61,7 +60,7 @@ def run_through_services(args: argparse.Namespace) -> int:
                     args.run, model=MODEL, dataset=DATASET, train={"preset": args.preset},
                     prototypes={"n_prototypes": args.prototypes},
                     finetune=None if args.no_finetune else {"repeats": args.repeats},
-                    progress=bars)
+                    progress=bars, report=True)  # the explanation service stores runs/<run>/report.html
         except (JobFailed, grpc.RpcError) as exc:
             bars.close()
             detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
@@ -71,9 +70,6 @@ def run_through_services(args: argparse.Namespace) -> int:
         timings["services"] = time.perf_counter() - start
         for note in result.notes:
             print(f"note: {note}")
-    report_start = time.perf_counter()
-    build_report(store, args.run)
-    timings["report"] = time.perf_counter() - report_start
     print_summary(store, args.run, time.perf_counter() - start, timings)
     return 0
 

@@ -283,16 +283,27 @@ class Client:
             request.scope = SCOPES[scope]
         return CurationResult.from_proto(self._call("explanation", None, "Curate", request))
 
+    def report(self, run_id: str, *, compare_with: str | None = None) -> Job:
+        """Build the run's figures and self-contained HTML report in the explanation service, stored
+        as runs/<run_id>/report.html (figures under runs/<run_id>/figures/). compare_with: another
+        run of the same store and classes, compared side by side at the end of the report. The
+        job's result: {"key": report.html's key, "figure_keys": [...], "compare_run_id": ...};
+        read the page with client.load(key)."""
+        return self._job("explanation", "StartReport", explanation_pb2.StartReportRequest(
+            run_id=run_id, compare_run_id=compare_with or ""))
+
     # ------------------------------------------------------------ the whole method
 
     def run_pipeline(self, run_id: str, *, model: dict | None = None, dataset: dict | None = None,
                      train: dict | None = None, checkpoints: dict[int, str] | None = None,
                      interpret: dict | None = None, prototypes: dict | None = None, clusters: dict | None = None,
                      explain: dict | None = None, finetune: dict | None = None, progress: Progress = None,
-                     timeout: float | None = None, explanation_fraction: float | None = None) -> PipelineResult:
+                     timeout: float | None = None, explanation_fraction: float | None = None,
+                     report: bool = False) -> PipelineResult:
         """Train (or register `checkpoints`, or take the run as it is when it has checkpoints),
-        interpret, extract prototypes (alongside the interpretation), cluster, explain, and with
-        `finetune` curate and fine-tune. progress(stage, JobEvent) follows every job."""
+        interpret, extract prototypes (alongside the interpretation), cluster, explain, with
+        `finetune` curate and fine-tune, and with `report` build the HTML report last (stage
+        "report"; its key in result.report_key). progress(stage, JobEvent) follows every job."""
         jobs: dict[str, str] = {}
 
         def follow(stage: str, job: Job) -> dict:
@@ -331,6 +342,8 @@ class Client:
             result.curation = self.curate(run_id, scope=(explain or {}).get("curation_scope"))
             follow("finetune", self.finetune(run_id, **finetune))
             result.finetune = self.finetune_table(run_id)
+        if report:  # last, so the report shows the fine-tuning table and the confusion after it
+            result.report_key = follow("report", self.report(run_id))["key"]
         return result
 
 

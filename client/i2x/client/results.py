@@ -192,3 +192,4 @@ class PipelineResult:
     finetune: FinetuneTable | None = None
     jobs: dict[str, str] = field(default_factory=dict)  # stage -> job id
     notes: list[str] = field(default_factory=list)       # stages skipped and why
+    report_key: str | None = None                       # runs/<run_id>/report.html when report=True

@@ -217,3 +217,11 @@ class CurationResult(_message.Message):
     scope: _common_pb2.CurationScope
     pair: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, run_id: _Optional[str] = ..., prototype: _Optional[int] = ..., size_before: _Optional[int] = ..., size_after: _Optional[int] = ..., removed_per_class: _Optional[_Iterable[int]] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[_common_pb2.CurationScope, str]] = ..., pair: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StartReportRequest(_message.Message):
+    __slots__ = ("run_id", "compare_run_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    compare_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., compare_run_id: _Optional[str] = ...) -> None: ...

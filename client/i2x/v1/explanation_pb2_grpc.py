@@ -61,6 +61,11 @@ class ExplanationServiceStub:
                 request_serializer=i2x_dot_v1_dot_explanation__pb2.CurateRequest.SerializeToString,
                 response_deserializer=i2x_dot_v1_dot_explanation__pb2.CurationResult.FromString,
                 _registered_method=True)
+        self.StartReport = channel.unary_unary(
+                '/i2x.v1.ExplanationService/StartReport',
+                request_serializer=i2x_dot_v1_dot_explanation__pb2.StartReportRequest.SerializeToString,
+                response_deserializer=i2x_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class ExplanationServiceServicer:
@@ -104,6 +109,16 @@ class ExplanationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartReport(self, request, context):
+        """The paper's figures and the self-contained HTML report (docs/REPORT.md), stored beside the
+        run's artifacts as runs/<run_id>/figures/*.png and runs/<run_id>/report.html. Returns the
+        job (kind "report"); its result_json holds {"key": the report.html key, "figure_keys": [...],
+        "compare_run_id"}. FAILED_PRECONDITION before the explanation exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplanationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_ExplanationServiceServicer_to_server(servicer, server):
                     servicer.Curate,
                     request_deserializer=i2x_dot_v1_dot_explanation__pb2.CurateRequest.FromString,
                     response_serializer=i2x_dot_v1_dot_explanation__pb2.CurationResult.SerializeToString,
+            ),
+            'StartReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartReport,
+                    request_deserializer=i2x_dot_v1_dot_explanation__pb2.StartReportRequest.FromString,
+                    response_serializer=i2x_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +289,33 @@ class ExplanationService:
             '/i2x.v1.ExplanationService/Curate',
             i2x_dot_v1_dot_explanation__pb2.CurateRequest.SerializeToString,
             i2x_dot_v1_dot_explanation__pb2.CurationResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/i2x.v1.ExplanationService/StartReport',
+            i2x_dot_v1_dot_explanation__pb2.StartReportRequest.SerializeToString,
+            i2x_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

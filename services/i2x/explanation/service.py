@@ -1,4 +1,5 @@
-"""ExplanationService over stages.explain_run / get_explanation / curate_run.
+"""ExplanationService over stages.explain_run / get_explanation / curate_run, and the report
+(i2x.report.build_report) stored beside the run's artifacts.
 
 The typed messages are read from explanation/explanation.json (schema: docs/EXPLANATION.md).
 """
@@ -8,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-from i2x.core.errors import InvalidArgument
+from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine import stages
 from i2x.engine.params import ExplainParams
 from i2x.servicers import (SCOPE_NAMES, SCOPE_VALUES, StageServicer, count, enum_value, explain_params, pair_of,
                            run_id_of, stage_progress)
-from i2x.storage import run_key
+from i2x.storage import run_key, validate_id
 from i2x.v1 import common_pb2, explanation_pb2, explanation_pb2_grpc
 
 VERDICTS = {"reliable": explanation_pb2.PROTOTYPE_VERDICT_RELIABLE,
@@ -30,6 +31,8 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
     service = "explanation"
 
     def job_function(self, kind, run_id, params):
+        if kind == "report":
+            return self._report_job(run_id, params.get("compare_run_id") or None)
         if kind != "explain":
             return None
         store = self.store
@@ -47,6 +50,55 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
         params = explain_params(request.params)
         await asyncio.to_thread(self._require_inputs, run_id)
         return await self.start("explain", run_id, params.to_dict())
+
+    async def StartReport(self, request, context):
+        run_id = run_id_of(request)
+        compare_run_id = validate_id(request.compare_run_id, "compare_run_id") if request.compare_run_id else None
+        await asyncio.to_thread(self._require_report_inputs, run_id, compare_run_id)
+        return await self.start("report", run_id, {"compare_run_id": compare_run_id})
+
+    def _require_report_inputs(self, run_id: str, compare_run_id: str | None) -> None:
+        """The report explains a run: without explanation.json it would be figures of nothing."""
+        run = stages.get_run(self.store, run_id)
+        stages.require(self.store, run_key(run_id, "explanation", "explanation.json"), "the explanation",
+                       "explanation")
+        if compare_run_id is None:
+            return
+        if compare_run_id == run_id:
+            raise InvalidArgument(f"compare a run with another run, not with itself ({run_id!r}); leave it empty "
+                                  "for the run's own report", field="compare_run_id")
+        key = run_key(compare_run_id, "run.json")
+        if not self.store.exists(key):
+            raise NotFound(f"no run {compare_run_id!r} in {self.store.url} to compare with", field="compare_run_id")
+        other = self.store.get_json(key)
+        if [str(c) for c in run.get("classes", [])] != [str(c) for c in other.get("classes", [])]:
+            raise InvalidArgument(f"runs {run_id!r} and {compare_run_id!r} have different classes "
+                                  f"({run.get('classes')} vs {other.get('classes')}); compare runs on the same "
+                                  "data", field="compare_run_id")
+        if not self.store.exists(run_key(compare_run_id, "explanation", "explanation.json")):
+            raise FailedPrecondition(f"run {compare_run_id!r} has no explanation yet: run its explanation stage "
+                                     "before comparing with it", field="compare_run_id")
+
+    def _report_job(self, run_id: str, compare_run_id: str | None):
+        store = self.store
+
+        def run(ctx):
+            from i2x.report import build_report
+
+            self._require_report_inputs(run_id, compare_run_id)  # a resumed job re-checks its inputs
+            key = run_key(run_id, "report.html")
+            ctx.progress(0, 1, "rendering the figures and the HTML report")
+            ctx.check_cancelled()
+            figures_prefix = run_key(run_id, "figures") + "/"
+            # figures/ holds exactly this report's figures: drop those of an earlier explanation (another pair).
+            for stale in store.list(figures_prefix):
+                store.delete(stale)
+            build_report(store, run_id, compare_with=(store, compare_run_id) if compare_run_id else None)
+            ctx.progress(1, 1, "report.html", artifact=key)
+            figures = [k for k in store.list(figures_prefix) if k.endswith(".png")]
+            return {"key": key, "figure_keys": figures, "compare_run_id": compare_run_id}
+
+        return run
 
     def _require_inputs(self, run_id: str) -> None:
         stages.get_run(self.store, run_id)
