@@ -117,3 +117,18 @@ def test_analyze_builds_the_report_unless_told_not_to():
     assert _report_location(key, "s3://bucket/pre/") == "s3://bucket/pre/runs/r1/report.html"
     assert _report_location(key, "file:///data/i2x") == "/data/i2x/runs/r1/report.html"
     assert _report_location(key, None).startswith(key)
+
+
+def test_analyze_prints_where_the_report_is(stack, capsys):
+    services, _, store, _, _ = stack
+    if not hasattr(store, "root"):
+        pytest.skip("the CLI reads a local store here (the S3 half is the same SDK call)")
+    from i2x.cli import main
+
+    addresses = [f"--{name}={services.address(name)}" for name in services.ports]
+    # the run exists and is trained: analyze re-runs the cheap stages and builds the report last
+    assert main(["analyze", "rep", *addresses, f"--store={store.root}", "--timeout=120"]) == 0
+    printed = capsys.readouterr().out
+    path = store.root / "runs" / "rep" / "report.html"
+    assert f"report: {path.resolve()}" in printed.splitlines()
+    assert path.is_file()
