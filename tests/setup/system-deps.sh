@@ -13,5 +13,7 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 0
 fi
 echo "system-deps: installing ${missing[*]} from Debian's packages"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+# A failed install does not stop `make test`: the tests that need the tool skip and say why.
+if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+  echo "system-deps: could not install ${missing[*]}; the tests that need them are skipped (see pytest's summary)" >&2
+fi
