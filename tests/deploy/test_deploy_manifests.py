@@ -11,7 +11,6 @@ import importlib.metadata
 import re
 import shlex
 import tomllib
-from pathlib import Path
 
 import kubernetes_validate
 import pytest

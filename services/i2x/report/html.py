@@ -150,7 +150,6 @@ def uncertain_text(run: RunData) -> str:
 def class_answers(run: RunData, info: ClassExplanation) -> str:
     """The four questions of the issue, answered in words from the explanation."""
     c, name = info.index, q(run.name(info.index))
-    explanation = run.explanation
     relies = (f"{plist(info.shared)}: present in every one of its {info.n_samples} samples"
               if info.shared else f"no prototype appears in all {info.n_samples} samples")
     groups = [g for g in info.specialized if g["prototypes"]]

@@ -7,7 +7,7 @@ fine-tuning table, no explanation yet) come back as None and the report says wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
