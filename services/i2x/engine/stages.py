@@ -160,14 +160,10 @@ class _RunContext:
     """What the torch stages need about a run, built once per process and reused (cache)."""
 
     def __init__(self, store: Store, run_id: str):
-        import torch
-
-        from i2x.data import DatasetSpec
         from i2x.models import ModelSpec, build_model
 
         self.record = get_run(store, run_id)
         self.model_spec = ModelSpec.from_dict(self.record["model"])
-        self.dataset_spec = DatasetSpec.from_dict(self.record["dataset"])
         self.classes = self.record["classes"]
         self.mean, self.std = self.record["mean"], self.record["std"]
         self.model = build_model(self.model_spec)
@@ -176,7 +172,6 @@ class _RunContext:
         self.labels = data["labels"]
         self.images_uint8 = data["images"]
         self.images = self.tensor(self.images_uint8)
-        self.torch = torch
 
     def tensor(self, images: np.ndarray):
         """uint8 NHWC -> normalized NCHW at the model's input size; done once per run."""
@@ -193,7 +188,7 @@ class _RunContext:
     def load(self, store: Store, run_id: str, step: int):
         from i2x.models import checkpoint_from_bytes, load_weights
 
-        state, meta = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)))
+        state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)))
         load_weights(self.model, state)
         self.model.eval()
         return self.model
