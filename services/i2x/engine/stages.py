@@ -208,10 +208,14 @@ def _evaluate_final(store: Store, run_id: str, model, record: dict) -> dict:
 
     splits = load_dataset(DatasetSpec.from_dict(record["dataset"]))
     result = _evaluate_resized(model, splits.test, record)
-    store.put_npz(_key(run_id, "evaluation", "final.npz"), confusion=result["confusion"].astype(np.int64),
-                  predictions=np.asarray(result["predictions"], dtype=np.int64),
-                  labels=splits.test.labels.astype(np.int64))
+    _put_evaluation(store, _key(run_id, "evaluation", "final.npz"), result, splits.test.labels)
     return {"accuracy": float(result["accuracy"])}
+
+
+def _put_evaluation(store: Store, key: str, result: dict, labels: np.ndarray) -> None:
+    """evaluation/*.npz: confusion (K, K), predictions and labels (N_test,), all int64."""
+    store.put_npz(key, confusion=result["confusion"].astype(np.int64),
+                  predictions=np.asarray(result["predictions"], dtype=np.int64), labels=labels.astype(np.int64))
 
 
 def _evaluate_resized(model, data, record: dict) -> dict:
@@ -579,9 +583,7 @@ def evaluate_checkpoint(store: Store, run_id: str, step: int | None = None, *, c
         model = ctx.load(store, run_id, step)
         test = load_dataset(DatasetSpec.from_dict(ctx.record["dataset"])).test
         result = _evaluate_resized(model, test, ctx.record)
-        store.put_npz(key, confusion=result["confusion"].astype(np.int64),
-                      predictions=np.asarray(result["predictions"], dtype=np.int64),
-                      labels=test.labels.astype(np.int64))
+        _put_evaluation(store, key, result, test.labels)
     data = store.get_npz(key)
     confusion = data["confusion"]
     accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
