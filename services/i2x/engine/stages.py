@@ -301,9 +301,9 @@ def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[
             state, meta = checkpoint_from_bytes(data)
         except InvalidArgument:
             raise
-        except Exception as exc:  # noqa: BLE001  # not a safetensors file at all
-            raise InvalidArgument(f"checkpoint of step {step} is not a safetensors file: {exc}",
-                                  field="checkpoints") from None
+        except Exception as exc:  # noqa: BLE001  # neither safetensors nor a torch.save zip
+            raise InvalidArgument(f"checkpoint of step {step} could not be read ({exc}); give model.state_dict() "
+                                  "saved with safetensors or torch.save", field="checkpoints") from None
         load_weights(model, state)
         meta = {**meta, "step": step, "arch": record["model"]["arch"]}
         key = checkpoint_key(run_id, step)
