@@ -154,7 +154,7 @@ def test_evaluate_any_checkpoint_and_analyze_any_pair(finished):
 
 def test_interpretation_steps_are_checked(finished):
     store, _, _ = finished
-    with pytest.raises(InvalidArgument, match="not checkpoints"):
+    with pytest.raises(NotFound, match="not checkpoints"):
         stages.interpret_run(store, "tiny", InterpretParams(), steps=[3, 5])
     with pytest.raises(InvalidArgument, match="at least 2"):
         stages.interpret_run(store, "tiny", InterpretParams(), steps=[3])

@@ -389,8 +389,8 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
     if steps:
         unknown = sorted(set(int(s) for s in steps) - set(available))
         if unknown:
-            raise InvalidArgument(f"steps {unknown} are not checkpoints of run {run_id!r} (it has {available})",
-                                  field="steps")
+            raise NotFound(f"steps {unknown} are not checkpoints of run {run_id!r} (it has {available})",
+                           field="steps")
         steps = sorted(set(int(s) for s in steps))
         if len(steps) < 2:
             raise InvalidArgument("give at least 2 steps: confidence changes need consecutive checkpoints",
