@@ -124,7 +124,7 @@ def confusion_panels(run: RunData, label: str | None = None) -> list[tuple[str, 
     panels = [(f"{prefix}final model (test split)", run.confusion)]
     after = run.finetuned_confusion()
     if after is not None and label is None:
-        repeats = (run.finetune or {}).get("repeats")
+        repeats = (run.finetune_table or {}).get("repeats")
         mean = f", mean of {repeats} repeats" if repeats and repeats > 1 else ""
         panels.append((f"after fine-tuning ({after[0]}{mean})", after[1]))
     return panels
