@@ -50,6 +50,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_API_TOKEN", "", "bearer token clients must send; empty disables auth (health stays open)",
             secret=True),
     Setting("I2X_GRACE_SECONDS", "10", "graceful-shutdown grace period"),
+    Setting("I2X_JOB_LEASE_SECONDS", "30",
+            "job lease: a replica renews its jobs' heartbeat every lease/3 s; another replica takes "
+            "over a job whose heartbeat is older than this"),
     Setting("I2X_LOG_LEVEL", "INFO", "logging level"),
 )
 

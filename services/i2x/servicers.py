@@ -294,7 +294,9 @@ class StageServicer:
         return job_to_proto(record)
 
     def recover(self) -> list[str]:
-        return self.jobs.recover(lambda record: self.job_function(record.kind, record.run_id, record.params))
+        """Take over jobs nobody holds now, and keep doing so every lease/2 s (a crashed replica's jobs)."""
+        return self.jobs.start_recovery(
+            lambda record: self.job_function(record.kind, record.run_id, record.params))
 
     def close(self) -> None:
         """Release what the servicer holds besides its jobs (the interpretation service's Ray actors)."""

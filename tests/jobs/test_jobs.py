@@ -14,6 +14,16 @@ from i2x.jobs import JOB_STATES, JobManager, JobRecord
 from i2x.storage import LocalStore
 
 WAIT = 20  # seconds; generous upper bounds only, no timing assertions
+LEASE = 1.0  # a short job lease, so a "crashed" manager's jobs expire within the test
+
+
+def recover_until(manager, resumable, count, timeout=WAIT):
+    """Call recover() until it has taken over `count` jobs (a dead owner's lease must run out first)."""
+    handled, deadline = [], time.monotonic() + timeout
+    while len(handled) < count and time.monotonic() < deadline:
+        handled += manager.recover(resumable)
+        time.sleep(0.05)
+    return handled
 
 
 class CountingStore(LocalStore):
@@ -263,7 +273,7 @@ def _unit_job(store, computed, stall_after=None, stall_gate=None):
 def test_restart_resumes_without_redoing_finished_units(backend, tmp_path, request):
     store = LocalStore(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_store")
     first_computed, gate = [], threading.Event()
-    before = JobManager(store, "interpretation", max_workers=2)
+    before = JobManager(store, "interpretation", max_workers=2, lease_seconds=LEASE)
     done_job = before.submit("interpret", "old", {"units": 1}, _unit_job(store, []))
     assert before.wait(done_job.job_id, timeout=WAIT).state == "SUCCEEDED"
     resumable_job = before.submit("interpret", "run-a", {"units": 4},
@@ -273,8 +283,10 @@ def test_restart_resumes_without_redoing_finished_units(backend, tmp_path, reque
     while before.get(resumable_job.job_id).progress_done < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert first_computed == [0, 1]
-    # The first process "dies" here: its records say RUNNING. A new process takes over.
-    after = JobManager(store, "interpretation", max_workers=2)
+    # The first process "dies" here: its heartbeat stops, its records say RUNNING. Once the lease
+    # runs out a new process takes over.
+    before.stop_heartbeat()
+    after = JobManager(store, "interpretation", max_workers=2, lease_seconds=LEASE)
     second_computed = []
 
     def resumable(record):
@@ -282,7 +294,7 @@ def test_restart_resumes_without_redoing_finished_units(backend, tmp_path, reque
             return _unit_job(store, second_computed)
         return None  # training cannot resume: fail it cleanly
 
-    handled = after.recover(resumable)
+    handled = recover_until(after, resumable, 2)
     assert sorted(handled) == sorted([resumable_job.job_id, doomed_job.job_id])
     resumed = after.wait(resumable_job.job_id, timeout=WAIT)
     assert resumed.state == "SUCCEEDED" and resumed.result == {"units": 4}

@@ -4,6 +4,14 @@ A record lives at `jobs/<service>/<job_id>.json`. It is written on every state c
 every progress event that names an artifact, and otherwise at most every PROGRESS_WRITE_SECONDS
 (a job with thousands of units must not write thousands of records). Watchers get every
 progress event in memory, bridged from worker threads to their asyncio loop.
+
+Several replicas of one service share the prefix through leases: a record names its `owner`
+(one JobManager instance) and a `heartbeat` time the owner refreshes every lease/3 seconds.
+recover() takes over only jobs whose heartbeat is older than the lease, so a live replica's
+jobs stay where they are and a crashed replica's jobs move to a live one. The store has no
+compare-and-swap, so a claim is write, wait, re-read; a rare double run is wasted work, not
+corruption, because units are idempotent. A cancel for a job another replica runs is a marker
+object `jobs/<service>/<job_id>.cancel` that the owner's heartbeat picks up.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -18,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, AsyncIterator, Callable, Iterable
 
+from i2x import config
 from i2x.core.errors import Cancelled, FailedPrecondition, I2XError, InvalidArgument, NotFound
 from i2x.storage.base import Store
 from i2x.storage.keys import validate_id
@@ -29,6 +40,9 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 PROGRESS_WRITE_SECONDS = 0.5
 # How often watch()/wait() re-read a record this process does not run (another replica's job).
 POLL_SECONDS = 1.0
+# Longest pause between writing a claim and re-reading it (shorter for short leases): another
+# replica that read the record before our write must have written its own claim by then.
+CLAIM_SETTLE_SECONDS = 0.5
 
 JobFunction = Callable[["JobContext"], "dict | None"]
 
@@ -50,10 +64,20 @@ class JobRecord:
     created: float = 0.0
     updated: float = 0.0
     artifacts: list[str] = field(default_factory=list)
+    # The JobManager instance running the job ("" when nobody does) and when it last said so.
+    # heartbeat 0 means released (take over at once); None means a record written before leases.
+    owner: str = ""
+    heartbeat: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    def lease_expired(self, lease_seconds: float, now: float) -> bool:
+        """True when nobody holds this job: its owner's heartbeat (or, for a record from before
+        leases, its last update) is older than the lease."""
+        last_sign = self.updated if self.heartbeat is None else self.heartbeat
+        return now - last_sign > lease_seconds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,13 +146,38 @@ def _run_hook(job_id: str, hook: Callable[[], None]) -> None:
         log.exception("cancel hook of job %s failed", job_id)
 
 
+def lease_seconds_setting() -> float:
+    """I2X_JOB_LEASE_SECONDS as a positive number of seconds."""
+    text = config.get("I2X_JOB_LEASE_SECONDS")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidArgument(f"I2X_JOB_LEASE_SECONDS is {text!r}; give a positive number of seconds "
+                              "(default 30)", field="I2X_JOB_LEASE_SECONDS")
+    return value
+
+
+def new_owner_id() -> str:
+    """host-pid-random: unique per JobManager instance, readable in a record."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class JobManager:
     def __init__(self, store: Store, service: str, *, max_workers: int = 2,
-                 job_id_factory: Callable[[], str] | None = None):
+                 job_id_factory: Callable[[], str] | None = None, lease_seconds: float | None = None):
         self.store = store
         self.service = validate_id(service, "service")
         if int(max_workers) < 1:
             raise InvalidArgument(f"max_workers is {max_workers}; give at least 1", field="max_workers")
+        if lease_seconds is None:
+            lease_seconds = lease_seconds_setting()
+        elif not 0 < float(lease_seconds) < float("inf"):
+            raise InvalidArgument(f"lease_seconds is {lease_seconds}; give a positive number of seconds",
+                                  field="lease_seconds")
+        self.lease_seconds = float(lease_seconds)
+        self.owner = new_owner_id()
         self._executor = ThreadPoolExecutor(max_workers=int(max_workers),
                                             thread_name_prefix=f"i2x-job-{service}")
         self._new_id = job_id_factory or (lambda: uuid.uuid4().hex)
@@ -140,23 +189,73 @@ class JobManager:
         self._watchers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
         self._write_locks: dict[str, threading.Lock] = {}
         self._last_write: dict[str, float] = {}
+        # When the store last confirmed a job is ours; a write after a longer gap than the lease
+        # re-reads the record first (another replica may have taken the job over meanwhile).
+        self._confirmed: dict[str, float] = {}
+        self._gone: set[str] = set()  # jobs this instance no longer runs: released or taken over
         self._closed = False
+        self._stop = threading.Event()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                  name=f"i2x-heartbeat-{service}")
+        self._heartbeat_thread.start()
+        self._recovery_thread: threading.Thread | None = None
 
     # -- keys and persistence ------------------------------------------------------------------
     def key(self, job_id: str) -> str:
         return f"jobs/{self.service}/{job_id}.json"
 
+    def cancel_key(self, job_id: str) -> str:
+        """The marker a replica writes to cancel a job another replica runs."""
+        return f"jobs/{self.service}/{job_id}.cancel"
+
     def _write(self, job_id: str) -> None:
         """Persist the latest state; the per-job lock keeps an older snapshot from landing last."""
         with self._write_locks[job_id]:
             with self._lock:
+                if job_id in self._gone:
+                    return  # another replica runs it now: its record is not ours to write
                 snapshot = self._records[job_id].to_dict()
                 self._last_write[job_id] = time.monotonic()
+                unconfirmed = time.time() - self._confirmed.get(job_id, 0.0) > self.lease_seconds
+            if unconfirmed and not self._still_ours(job_id):
+                return
             try:
                 self.store.put_json(self.key(job_id), snapshot)
             except I2XError:
                 # A store outage must not kill the job; the next write carries the state.
                 log.exception("could not write job record %s", job_id)
+
+    def _still_ours(self, job_id: str) -> bool:
+        """Re-read the record: False (and the job is given up here) when another replica holds it
+        or it was closed elsewhere. A store error counts as ours: the next check decides."""
+        try:
+            stored = self._load(job_id)
+        except NotFound:
+            return True
+        except I2XError:
+            log.exception("could not re-read job record %s", job_id)
+            return True
+        if stored.owner == self.owner and not stored.finished:
+            with self._lock:
+                self._confirmed[job_id] = time.time()
+            return True
+        self._lose(job_id, stored)
+        return False
+
+    def _lose(self, job_id: str, stored: JobRecord) -> None:
+        """Stop running a job whose lease another replica took (or that was closed elsewhere)."""
+        with self._lock:
+            if job_id in self._gone:
+                return
+            self._gone.add(job_id)
+            context = self._contexts.get(job_id)
+            self._emit(job_id, None)  # watchers here go on following the store
+            self._watchers.pop(job_id, None)
+        log.warning("job %s: %s; stopping it here", job_id,
+                    f"closed elsewhere ({stored.state})" if stored.finished else f"now run by {stored.owner!r}")
+        if context is not None:
+            context.interrupted = True
+            context._cancel()
 
     def _load(self, job_id: str) -> JobRecord:
         try:
@@ -180,7 +279,8 @@ class JobManager:
         now = time.time()
         job_id = validate_id(self._new_id(), "job_id")
         record = JobRecord(job_id=job_id, service=self.service, kind=kind, run_id=run_id or "",
-                           state="QUEUED", params=params, created=now, updated=now, message="queued")
+                           state="QUEUED", params=params, created=now, updated=now, message="queued",
+                           owner=self.owner, heartbeat=now)
         with self._lock:
             if job_id in self._records or self.store.exists(self.key(job_id)):
                 raise FailedPrecondition(f"job id {job_id!r} is taken; the id factory must give new ids",
@@ -192,7 +292,7 @@ class JobManager:
     def get(self, job_id: str) -> JobRecord:
         validate_id(job_id, "job_id")
         with self._lock:
-            if job_id in self._records:
+            if job_id in self._records and job_id not in self._gone:
                 return self._records[job_id].copy()
         return self._load(job_id)
 
@@ -205,6 +305,8 @@ class JobManager:
                                   field="states")
         records = {}
         for key in self.store.list(f"jobs/{self.service}/"):
+            if not key.endswith(".json"):
+                continue  # cancel markers
             job_id = key.rsplit("/", 1)[-1].removesuffix(".json")
             try:
                 records[job_id] = self.get(job_id)
@@ -212,7 +314,8 @@ class JobManager:
                 log.warning("skipping unreadable job record %s", key)
         with self._lock:  # jobs whose first write failed are still ours
             for job_id, record in self._records.items():
-                records.setdefault(job_id, record.copy())
+                if job_id not in self._gone:
+                    records.setdefault(job_id, record.copy())
         selected = [r for r in records.values()
                     if (run_id is None or r.run_id == run_id) and (kind is None or r.kind == kind)
                     and (not wanted or r.state in wanted)]
@@ -224,20 +327,32 @@ class JobManager:
             raise FailedPrecondition(f"job {job_id!r} already finished ({record.state}); nothing to cancel",
                                      field="job_id")
         with self._lock:
-            context = self._contexts.get(job_id)
-            future = self._futures.get(job_id)
+            ours = job_id not in self._gone
+            context = self._contexts.get(job_id) if ours else None
+            future = self._futures.get(job_id) if ours else None
         if context is None:
-            # Not run by this process (a previous one died and nobody recovered it): close it here.
+            if not record.lease_expired(self.lease_seconds, time.time()):
+                # A live replica runs it: leave a marker its heartbeat turns into a cancel.
+                self.store.put_json(self.cancel_key(job_id), {"requested": time.time(), "by": self.owner})
+                record.message = "cancel requested"
+                return record
+            # Nobody runs it (its process died and no replica took it over yet): close it here.
             record.state, record.message, record.updated = "CANCELLED", "cancelled", time.time()
             self.store.put_json(self.key(job_id), record.to_dict())
             return record
+        self._cancel_local(job_id)
+        return self.get(job_id)
+
+    def _cancel_local(self, job_id: str) -> None:
+        with self._lock:
+            context = self._contexts[job_id]
+            future = self._futures.get(job_id)
         context._cancel()
         if future is not None and future.cancel():
             # Still waiting for a worker: it will never start.
             self._finish(job_id, "CANCELLED", message="cancelled before it started")
         else:
             self._update(job_id, message="cancel requested")
-        return self.get(job_id)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
         """The current state, then every progress event, until a terminal state."""
@@ -246,7 +361,7 @@ class JobManager:
         queue: asyncio.Queue = asyncio.Queue()
         entry = (loop, queue)
         with self._lock:
-            record = self._records.get(job_id)
+            record = self._records.get(job_id) if job_id not in self._gone else None
             if record is not None:
                 # Registered under the same lock that orders updates: nothing lost, nothing twice.
                 first = _event(record, None)
@@ -263,6 +378,9 @@ class JobManager:
             while True:
                 event = await queue.get()
                 if event is None:
+                    # Released at shutdown or taken over by another replica: follow the store.
+                    async for polled in self._poll_foreign(job_id):
+                        yield polled
                     return
                 yield event
                 if event.state in TERMINAL_STATES:
@@ -302,12 +420,33 @@ class JobManager:
             time.sleep(POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
 
     def recover(self, resumable: Callable[[JobRecord], JobFunction | None]) -> list[str]:
-        """Take over unfinished jobs a previous process left: re-run when `resumable` gives a function."""
-        handled = []
+        """Take over unfinished jobs nobody holds: re-run when `resumable` gives a function, else FAIL them.
+
+        A job is taken over when its lease expired (its owner crashed or released it at shutdown),
+        never while another live replica heartbeats it. Returns the ids this call took over."""
+        if self._closed:
+            return []
+        now = time.time()
+        candidates = []
         for record in self.list(states=("QUEUED", "RUNNING")):
             with self._lock:
-                if record.job_id in self._records:
+                if record.job_id in self._records and record.job_id not in self._gone:
                     continue  # ours, alive
+                future = self._futures.get(record.job_id)
+            if future is not None and not future.done():
+                continue  # given up here but its thread has not stopped yet: not twice in one process
+            if record.lease_expired(self.lease_seconds, now):
+                candidates.append(record)
+        claimed = self._claim(candidates)
+        handled = []
+        for record in claimed:
+            if self.store.exists(self.cancel_key(record.job_id)):
+                record.state, record.message, record.updated = "CANCELLED", "cancelled", time.time()
+                record.owner, record.heartbeat = "", 0.0
+                self.store.put_json(self.key(record.job_id), record.to_dict())
+                self.store.delete(self.cancel_key(record.job_id))
+                handled.append(record.job_id)
+                continue
             try:
                 fn = resumable(record)
             except Exception as error:  # a bad record must not stop recovery of the others
@@ -321,24 +460,140 @@ class JobManager:
                 self.store.put_json(self.key(record.job_id), record.to_dict())
             else:
                 record.state, record.message, record.updated = "QUEUED", "resumed after a restart", time.time()
-                self._start(record, fn)
+                try:
+                    self._start(record, fn)
+                except RuntimeError:  # the executor shut down meanwhile: leave it to another replica
+                    self._release(record.job_id)
+                    continue
             handled.append(record.job_id)
         return handled
 
+    def _claim(self, candidates: list[JobRecord]) -> list[JobRecord]:
+        """Write this owner into each record, wait, re-read: the records still naming us are ours.
+
+        S3 has no compare-and-swap: when two replicas claim at once, the write that lands last
+        wins and the other replica sees it on re-reading. Only a replica whose read-to-write gap
+        exceeds the settle time could still run a job twice (wasted work; units are idempotent)."""
+        written = []
+        for record in candidates:
+            try:
+                fresh = self._load(record.job_id)  # just before writing: keeps the race window short
+            except I2XError:
+                continue
+            if fresh.finished or not fresh.lease_expired(self.lease_seconds, time.time()):
+                continue
+            fresh.owner, fresh.heartbeat = self.owner, time.time()
+            self.store.put_json(self.key(fresh.job_id), fresh.to_dict())
+            written.append(fresh)
+        if not written:
+            return []
+        time.sleep(min(CLAIM_SETTLE_SECONDS, self.lease_seconds / 10))
+        mine = []
+        for record in written:
+            try:
+                again = self._load(record.job_id)
+            except I2XError:
+                continue
+            if again.owner == self.owner and not again.finished:
+                mine.append(again)
+            else:
+                log.info("job %s was claimed by %r first", record.job_id, again.owner)
+        return mine
+
+    def start_recovery(self, resumable: Callable[[JobRecord], JobFunction | None]) -> list[str]:
+        """recover() now, then every lease/2 seconds in the background until shutdown, so a job
+        of a crashed replica moves to a live one. Returns what the first pass took over."""
+        handled = self.recover(resumable)
+        with self._lock:
+            if self._recovery_thread is None and not self._closed:
+                self._recovery_thread = threading.Thread(target=self._recovery_loop, args=(resumable,),
+                                                         daemon=True, name=f"i2x-recovery-{self.service}")
+                self._recovery_thread.start()
+        return handled
+
+    def _recovery_loop(self, resumable: Callable[[JobRecord], JobFunction | None]) -> None:
+        while not self._stop.wait(self.lease_seconds / 2) and not self._closed:
+            try:
+                taken = self.recover(resumable)
+            except Exception:  # a store outage: try again next period
+                log.exception("periodic job recovery failed")
+                continue
+            if taken:
+                log.info("took over jobs %s whose owners stopped heartbeating", taken)
+
+    def stop_heartbeat(self) -> None:
+        """Stop renewing leases and recovering, as a crashed or frozen process would (tests use it
+        to play a dead replica); jobs still running here re-check ownership before any write."""
+        self._stop.set()
+        self._heartbeat_thread.join(timeout=10)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self._beat()
+            except Exception:  # a store outage must not end the heartbeat
+                log.exception("job heartbeat failed")
+            with self._lock:
+                idle = self._closed and all(r.finished or j in self._gone for j, r in self._records.items())
+            if idle:
+                return
+
+    def _beat(self) -> None:
+        """Renew the lease of every job run here; turn cancel markers into cancels; give up jobs
+        another replica took over (this process was frozen longer than the lease)."""
+        with self._lock:
+            ours = [j for j, r in self._records.items() if not r.finished and j not in self._gone]
+        for job_id in ours:
+            if not self._still_ours(job_id):
+                continue
+            if self.store.exists(self.cancel_key(job_id)):
+                log.info("job %s: cancel requested through the store", job_id)
+                self._cancel_local(job_id)
+            with self._lock:
+                record = self._records[job_id]
+                if record.finished:
+                    continue
+                record.heartbeat = time.time()
+            self._write(job_id)
+
+    def _release(self, job_id: str) -> None:
+        """Leave an unfinished job QUEUED with no owner so any replica takes it over at once."""
+        with self._lock:
+            record = self._records[job_id]
+            if record.finished or job_id in self._gone:
+                return
+            record.state, record.owner, record.heartbeat = "QUEUED", "", 0.0
+            record.updated = time.time()
+            self._emit(job_id, _event(record, None))
+            self._emit(job_id, None)  # watchers here go on following the store
+            self._watchers.pop(job_id, None)
+        self._write(job_id)
+        with self._lock:
+            self._gone.add(job_id)
+
     def shutdown(self, wait: bool = True, *, interrupt: bool = False) -> None:
-        """Stop taking jobs. Queued jobs stay QUEUED in the store for the next process to recover.
+        """Stop taking jobs. Queued jobs are released (QUEUED, no owner) for another replica or
+        the next process to take over at once.
 
         interrupt=True also asks running jobs to stop (their cancel event is set); they are left
-        QUEUED with "interrupted by shutdown", so recover() resumes them, instead of CANCELLED.
+        QUEUED with "interrupted by shutdown" and no owner, so recover() resumes them, instead of
+        CANCELLED.
         """
         self._closed = True
         with self._lock:
-            contexts = [c for j, c in self._contexts.items() if not self._records[j].finished]
+            contexts = [c for j, c in self._contexts.items()
+                        if not self._records[j].finished and j not in self._gone]
         if interrupt:
             for context in contexts:
                 context.interrupted = True
                 context._cancel()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            never_started = [j for j, f in self._futures.items() if f.cancelled()]
+        for job_id in never_started:
+            self._release(job_id)
+        if wait:
+            self._stop.set()
 
     # -- running -------------------------------------------------------------------------------
     def _start(self, record: JobRecord, fn: JobFunction) -> None:
@@ -348,6 +603,8 @@ class JobManager:
             self._contexts[job_id] = JobContext(self, record)
             self._finished[job_id] = threading.Event()
             self._write_locks[job_id] = threading.Lock()
+            self._confirmed[job_id] = time.time()
+            self._gone.discard(job_id)
         self._write(job_id)
         future = self._executor.submit(self._run, job_id, fn)
         with self._lock:
@@ -380,12 +637,8 @@ class JobManager:
 
     def _interrupted(self, job_id: str) -> None:
         with self._lock:
-            record = self._records[job_id]
-            record.state, record.message, record.updated = "QUEUED", "interrupted by shutdown", time.time()
-            self._emit(job_id, _event(record, None))
-            self._emit(job_id, None)  # ends the watchers: the next process runs the job
-            self._watchers.pop(job_id, None)
-        self._write(job_id)
+            self._records[job_id].message = "interrupted by shutdown"
+        self._release(job_id)  # no-op for a job another replica took over
         self._finished[job_id].set()
 
     def _update(self, job_id: str, **changes: Any) -> None:
@@ -412,7 +665,13 @@ class JobManager:
             record.updated = time.time()
             self._emit(job_id, _event(record, None))
             self._watchers.pop(job_id, None)
+            gone = job_id in self._gone
         self._write(job_id)
+        if not gone:
+            try:  # a cancel marker has done its work (deleting a missing key is not an error)
+                self.store.delete(self.cancel_key(job_id))
+            except I2XError:
+                log.warning("could not delete the cancel marker of job %s", job_id)
         self._finished[job_id].set()
 
     def _progress(self, job_id: str, done: int, total: int, message: str, artifact: str | None) -> None:
