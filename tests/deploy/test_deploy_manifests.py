@@ -195,13 +195,29 @@ def test_prod_probes_reach_a_plaintext_port_beside_the_tls_port():
             assert probe_port != api_port, f"prod/{svc} {probe_kind} probes the TLS port {api_port}"
 
 
-def test_one_process_per_service_never_overlapping(overlay):
-    """A starting process takes over every unfinished job in the store (JobManager.recover):
-    two live replicas, or an old and a new pod during a rolling update, would run jobs twice."""
+def test_service_replicas_share_jobs_through_leases(overlay):
+    """Jobs carry an owner lease in the store (JobManager, I2X_JOB_LEASE_SECONDS): a replica takes
+    over only jobs whose owner stopped heartbeating, so replicas and rolling updates are safe.
+    prod runs at least 2 replicas per service, updated without losing one, behind a
+    PodDisruptionBudget; dev may run 1."""
     name, docs = overlay
+    config_maps = by_kind(docs, "ConfigMap")
+    budgets = by_kind(docs, "PodDisruptionBudget")
     for svc, deployment in service_deployments(docs).items():
-        assert deployment["spec"]["replicas"] == 1, f"{name}/{svc}: replicas > 1 would run jobs twice"
-        assert deployment["spec"]["strategy"]["type"] == "Recreate", f"{name}/{svc}"
+        spec = deployment["spec"]
+        env = resolved_env(spec["template"]["spec"]["containers"][0], docs)
+        assert float(env.get("I2X_JOB_LEASE_SECONDS") or 0) > 0, (
+            f"{name}/{svc}: set I2X_JOB_LEASE_SECONDS (ConfigMap {sorted(config_maps)})")
+        assert spec["strategy"]["type"] == "RollingUpdate", f"{name}/{svc}"
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, f"{name}/{svc}"
+        if name != "prod":
+            continue
+        assert spec["replicas"] >= 2, f"prod/{svc}: run at least 2 replicas"
+        budget = budgets.get(f"i2x-{svc}")
+        assert budget is not None, f"prod/{svc}: no PodDisruptionBudget"
+        assert budget["spec"]["minAvailable"] == 1, f"prod/{svc}"
+        assert selects_labels(budget["spec"]["selector"]["matchLabels"],
+                              spec["template"]["metadata"]["labels"]), f"prod/{svc}: the budget selects no pod"
 
 
 def selects_labels(selector: dict, labels: dict) -> bool:
