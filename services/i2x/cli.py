@@ -72,7 +72,8 @@ async def _serve(service: str, workers: int, port: int | None = None) -> int:
     # `i2x up` reads this line to learn the bound port.
     print(f"i2x {service} listening on {config.get('I2X_HOST')}:{port} (store {store.url})", flush=True)
     await serve_forever(server, health)
-    servicer.jobs.shutdown(wait=True, interrupt=True)  # recorded as interrupted before the Ray pool goes; they resume at the next start
+    # Recorded as interrupted (no owner) before the Ray pool goes: another replica or the next start resumes them.
+    servicer.jobs.shutdown(wait=True, interrupt=True)
     servicer.close()
     return 0
 

@@ -245,8 +245,9 @@ class JobManager:
     def _lose(self, job_id: str, stored: JobRecord) -> None:
         """Stop running a job whose lease another replica took (or that was closed elsewhere)."""
         with self._lock:
-            if job_id in self._gone:
-                return
+            mine = self._records.get(job_id)
+            if job_id in self._gone or mine is None or mine.finished:
+                return  # already given up, or it just finished here (our own final write was read)
             self._gone.add(job_id)
             context = self._contexts.get(job_id)
             self._emit(job_id, None)  # watchers here go on following the store
@@ -329,7 +330,6 @@ class JobManager:
         with self._lock:
             ours = job_id not in self._gone
             context = self._contexts.get(job_id) if ours else None
-            future = self._futures.get(job_id) if ours else None
         if context is None:
             if not record.lease_expired(self.lease_seconds, time.time()):
                 # A live replica runs it: leave a marker its heartbeat turns into a cancel.
