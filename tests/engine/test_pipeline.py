@@ -160,3 +160,23 @@ def test_interpretation_steps_are_checked(finished):
         stages.interpret_run(store, "tiny", InterpretParams(), steps=[3])
     with pytest.raises(FailedPrecondition, match="interpreted at steps"):
         stages.interpret_run(store, "tiny", InterpretParams(), steps=[3, 6])
+
+
+def test_concurrent_stages_sharing_a_cache_keep_their_own_weights(finished, tiny_mnist_npz):
+    """Jobs of one service share a cache; each must see the weights of its own checkpoint."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, _, _ = finished
+    checkpoints = stages.get_run(store, "tiny")["checkpoints"]
+    steps = [c["step"] for c in checkpoints]
+    expected = {step: stages.evaluate_checkpoint(store, "tiny", step)["confusion"] for step in steps}
+    stages.create_run(store, "shared-cache", model=TINY_MODEL, dataset={"kind": "npz", "root": tiny_mnist_npz},
+                      explanation_fraction=0.3)
+    stages.register_checkpoints(store, "shared-cache", [(c["step"], c["key"]) for c in checkpoints])
+    cache: dict = {}
+    with ThreadPoolExecutor(4) as pool:
+        confusions = pool.map(
+            lambda step: stages.evaluate_checkpoint(store, "shared-cache", step, cache=cache)["confusion"], steps)
+        got = dict(zip(steps, confusions))
+    assert got == expected
+    assert len(cache) == 1  # one decoded run, shared

@@ -8,7 +8,9 @@ follow docs/INTERNALS.md. The services wrap these in jobs; i2x.engine.pipeline c
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import numpy as np
@@ -157,11 +159,17 @@ def list_checkpoints(store: Store, run_id: str) -> list[dict]:
 
 
 class _RunContext:
-    """What the torch stages need about a run, built once per process and reused (cache)."""
+    """What the torch stages need about a run, built once per process and reused (cache).
+
+    One model serves every checkpoint of the run: `checkpoint(...)` loads a checkpoint's weights
+    and holds the context's lock while the caller uses them, so concurrent jobs sharing a cache
+    (two jobs of one service on the same run) never see each other's weights.
+    """
 
     def __init__(self, store: Store, run_id: str):
         from i2x.models import ModelSpec, build_model
 
+        self.lock = threading.Lock()
         self.record = get_run(store, run_id)
         self.model_spec = ModelSpec.from_dict(self.record["model"])
         self.classes = self.record["classes"]
@@ -185,22 +193,35 @@ class _RunContext:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return x
 
-    def load(self, store: Store, run_id: str, step: int):
+    @contextmanager
+    def checkpoint(self, store: Store, run_id: str, step: int):
+        """The run's model with the weights of `step`, exclusively for the `with` block."""
         from i2x.models import checkpoint_from_bytes, load_weights
 
         state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)))
-        load_weights(self.model, state)
-        self.model.eval()
-        return self.model
+        with self.lock:
+            load_weights(self.model, state)
+            self.model.eval()
+            yield self.model
+
+
+_CACHE_LOCK = threading.Lock()
+_CACHED_RUNS = 3  # a cache keeps the decoded images and model of this many runs
 
 
 def _context(store: Store, run_id: str, cache: dict | None) -> _RunContext:
     if cache is None:
         return _RunContext(store, run_id)
     key = (store.url, run_id)
-    if key not in cache:
-        cache[key] = _RunContext(store, run_id)
-    return cache[key]
+    with _CACHE_LOCK:
+        ctx = cache.get(key)
+    if ctx is None:
+        ctx = _RunContext(store, run_id)  # built outside the lock: decoding takes a while
+        with _CACHE_LOCK:
+            ctx = cache.setdefault(key, ctx)
+            while len(cache) > _CACHED_RUNS:
+                cache.pop(next(k for k in cache if k != key))  # the oldest other run goes
+    return ctx
 
 
 def _evaluate_final(store: Store, run_id: str, model, record: dict) -> dict:
@@ -361,9 +382,9 @@ def interpret_checkpoint(store: Store, run_id: str, step: int, params: Interpret
         return key
     ctx = _context(store, run_id, cache)
     layer = params.target_layer or ctx.record["target_layer"]
-    model = ctx.load(store, run_id, step)
-    cam = GradCAM(model, layer, batch_size=params.batch_size)
-    result = cam(ctx.images, _target_args(params, ctx.labels, len(ctx.classes)), labels=ctx.labels)
+    with ctx.checkpoint(store, run_id, step) as model:
+        cam = GradCAM(model, layer, batch_size=params.batch_size)
+        result = cam(ctx.images, _target_args(params, ctx.labels, len(ctx.classes)), labels=ctx.labels)
     store.put_npz(key, saliency=result.saliency.astype(np.float16),
                   confidences=result.confidences.astype(np.float32),
                   predictions=result.predictions.astype(np.int16))
@@ -459,8 +480,8 @@ def extract_prototypes(store: Store, run_id: str, params: PrototypeParams, *, pr
     layer = store.get_json(interp_params)["target_layer"] if store.exists(interp_params) else ctx.record["target_layer"]
     final_step = int(checkpoints[-1]["step"])
     _report(progress, 0, 2, f"features of the final checkpoint (step {final_step}) at {layer}")
-    model = ctx.load(store, run_id, final_step)
-    features = GradCAM(model, layer)(ctx.images, "predicted", return_features=True).features
+    with ctx.checkpoint(store, run_id, final_step) as model:
+        features = GradCAM(model, layer)(ctx.images, "predicted", return_features=True).features
     _check(cancel)
     _report(progress, 1, 2, f"PCA + KMeans into {params.n_prototypes} prototypes")
     assignments = extractor.fit_transform(features)
@@ -580,9 +601,9 @@ def evaluate_checkpoint(store: Store, run_id: str, step: int | None = None, *, c
     key = _key(run_id, "evaluation", f"{step_name(step)}.npz")
     if not store.exists(key):
         ctx = _context(store, run_id, cache)
-        model = ctx.load(store, run_id, step)
         test = load_dataset(DatasetSpec.from_dict(ctx.record["dataset"])).test
-        result = _evaluate_resized(model, test, ctx.record)
+        with ctx.checkpoint(store, run_id, step) as model:
+            result = _evaluate_resized(model, test, ctx.record)
         _put_evaluation(store, key, result, test.labels)
     data = store.get_npz(key)
     confusion = data["confusion"]

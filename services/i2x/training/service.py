@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 
@@ -23,7 +22,6 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
     def __init__(self, store, jobs):
         super().__init__(store, jobs)
         self._cache: dict = {}  # built model and explanation set of recent runs (evaluate_checkpoint)
-        self._evaluate_lock = threading.Lock()
 
     def job_function(self, kind, run_id, params):
         store = self.store
@@ -111,11 +109,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         return _evaluation(run_id, confusion, key, steps[-1] if steps else 0)
 
     def _evaluate(self, run_id: str, step: int) -> dict:
-        # One evaluation at a time: the cached model is loaded with one checkpoint's weights per call.
-        with self._evaluate_lock:
-            while len(self._cache) > 2 and (self.store.url, run_id) not in self._cache:
-                self._cache.pop(next(iter(self._cache)))  # keep a few runs' models and images only
-            return stages.evaluate_checkpoint(self.store, run_id, step, cache=self._cache)
+        # The stage locks the cached model while a checkpoint's weights are in it, and bounds the cache.
+        return stages.evaluate_checkpoint(self.store, run_id, step, cache=self._cache)
 
     def _require_json(self, run_id: str, key: str, stage: str) -> dict:
         stages.get_run(self.store, run_id)
