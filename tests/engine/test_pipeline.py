@@ -180,3 +180,11 @@ def test_concurrent_stages_sharing_a_cache_keep_their_own_weights(finished, tiny
         got = dict(zip(steps, confusions))
     assert got == expected
     assert len(cache) == 1  # one decoded run, shared
+
+
+def test_stage_parameters_refuse_unknown_keys():
+    # A typo must not be dropped silently: "tua" would otherwise leave tau at its default.
+    with pytest.raises(InvalidArgument, match=r"unknown keys \['tua'\]") as err:
+        ExplainParams.from_dict({"tua": 0.1})
+    assert err.value.field == "ExplainParams" and "'tau'" in str(err.value)
+    assert ExplainParams.from_dict({"tau": 0.1}).tau == 0.1

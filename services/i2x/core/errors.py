@@ -42,3 +42,15 @@ class Unauthenticated(I2XError):
 
 class Cancelled(I2XError):
     grpc_code = "CANCELLED"
+
+
+def check_fields(cls, data: dict, field: str) -> dict:
+    """`data` as keyword arguments of the dataclass `cls`: an unknown key is an InvalidArgument
+    naming it and listing the valid ones, never silently dropped (a typo would change nothing)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown keys {unknown}; valid keys are {sorted(known)}", field=field)
+    return dict(data)

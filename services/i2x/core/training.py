@@ -12,14 +12,17 @@ initialisation is the caller's (``torch.manual_seed(config.seed)`` before ``buil
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from i2x.core.errors import Cancelled, InvalidArgument
+from i2x.core.errors import Cancelled, InvalidArgument, check_fields
+
+if TYPE_CHECKING:  # i2x.data imports this module's neighbours; only the annotation needs it
+    from i2x.data import ArrayDataset
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -45,11 +48,7 @@ class TrainConfig:
         if name not in PRESETS:
             raise InvalidArgument(f"unknown training preset {name!r}; choose one of {sorted(PRESETS)}",
                                   field="train.preset")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown training settings {unknown}; valid ones are {sorted(known)}",
-                                  field="train")
+        overrides = check_fields(cls, overrides, "train")
         config = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
         config.validate()
         return config
@@ -59,12 +58,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown training settings {unknown}; valid ones are {sorted(known)}",
-                                  field="train")
-        config = cls(**d)
+        config = cls(**check_fields(cls, d, "train"))
         config.validate()
         return config
 
@@ -125,7 +119,7 @@ def iterations_per_epoch(n_samples: int, batch_size: int) -> int:
     return math.ceil(n_samples / batch_size)
 
 
-def train(model: nn.Module, train: "ArrayDataset", config: TrainConfig, *, mean, std,  # noqa: F821
+def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, std,
           on_checkpoint: Callable[[Checkpoint], None], progress=None, cancel=None,
           eval_set=None) -> list[dict]:
     """Train `model` in place; call `on_checkpoint` every `checkpoint_every` iterations and at the end.

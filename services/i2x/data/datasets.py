@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from i2x.core.errors import InvalidArgument
+from i2x.core.errors import InvalidArgument, check_fields
 
 DATASET_KINDS = ("mnist5k", "mnist", "cifar10", "imagefolder", "npz")
 
@@ -54,11 +54,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown keys {unknown}; valid keys are {sorted(known)}", field="dataset")
-        return cls(**d)
+        return cls(**check_fields(cls, d, "dataset"))
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+
+from i2x.core.errors import check_fields
 
 
 class _Params:
@@ -11,9 +13,7 @@ class _Params:
 
     @classmethod
     def from_dict(cls, data: dict | None):
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**check_fields(cls, data or {}, cls.__name__))
 
 
 @dataclass

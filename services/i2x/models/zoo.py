@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from i2x.core.errors import InvalidArgument
+from i2x.core.errors import InvalidArgument, check_fields
 
 ARCHS = ("small_cnn", "resnet50", "inception_v3", "custom")
 INCEPTION_MIN_INPUT = 75
@@ -40,11 +40,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown keys {unknown}; valid keys are {sorted(known)}", field="model")
-        return cls(**d)
+        return cls(**check_fields(cls, d, "model"))
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
