@@ -224,12 +224,14 @@ def _context(store: Store, run_id: str, cache: dict | None) -> _RunContext:
     return ctx
 
 
-def _evaluate_final(store: Store, run_id: str, model, record: dict) -> dict:
+def _evaluate_final(store: Store, run_id: str, model, record: dict, test=None) -> dict:
+    """evaluation/final.npz on the test split (`test`: the split already loaded, else loaded here)."""
     from i2x.data import DatasetSpec, load_dataset
 
-    splits = load_dataset(DatasetSpec.from_dict(record["dataset"]))
-    result = _evaluate_resized(model, splits.test, record)
-    _put_evaluation(store, _key(run_id, "evaluation", "final.npz"), result, splits.test.labels)
+    if test is None:
+        test = load_dataset(DatasetSpec.from_dict(record["dataset"])).test
+    result = _evaluate_resized(model, test, record)
+    _put_evaluation(store, _key(run_id, "evaluation", "final.npz"), result, test.labels)
     return {"accuracy": float(result["accuracy"])}
 
 
@@ -293,7 +295,7 @@ def train_run(store: Store, run_id: str, *, progress: Progress = None, cancel=No
 
     train(model, train_set, config, mean=record["mean"], std=record["std"], on_checkpoint=on_checkpoint,
           progress=progress, cancel=cancel)
-    summary = _evaluate_final(store, run_id, model, record)
+    summary = _evaluate_final(store, run_id, model, record, splits.test)  # decoded once for both
     index = {"checkpoints": saved, **summary}
     store.put_json(index_key, index)
     return index
