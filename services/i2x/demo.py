@@ -75,26 +75,18 @@ def run_through_services(args: argparse.Namespace) -> int:
 
 
 def run_in_process(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from types import SimpleNamespace
 
+    from i2x.cli import _Bars
     from i2x.engine.params import ExplainParams, FinetuneParams, PrototypeParams
     from i2x.engine.pipeline import run_pipeline
     from i2x.storage import open_store
 
     store = open_store(args.store)
-    bars: dict[str, tqdm] = {}
+    bars = _Bars()  # the same bars as through the services, fed with the stages' progress calls
 
     def progress(stage: str, done: int, total: int, message: str) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bar = bars[stage] = tqdm(total=max(total, 1), desc=f"{stage:>10}", unit="step", file=sys.stderr,
-                                     dynamic_ncols=True)
-        bar.total = max(total, 1)
-        bar.n = done
-        bar.set_postfix_str(message[:60], refresh=False)
-        bar.refresh()
+        bars(stage, SimpleNamespace(done=done, total=total, message=message, state="RUNNING"))
 
     start = time.perf_counter()
     print(f"I2X demo: run {args.run!r} in {store.url}", flush=True)
@@ -106,8 +98,7 @@ def run_in_process(args: argparse.Namespace) -> int:
         explain=ExplainParams(),
         finetune=None if args.no_finetune else FinetuneParams(repeats=args.repeats),
         progress=progress)
-    for bar in bars.values():
-        bar.close()
+    bars.close()
     print_summary(store, args.run, time.perf_counter() - start, result.timings)
     return 0
 
