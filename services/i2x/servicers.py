@@ -176,7 +176,7 @@ def explain_params(message: common_pb2.ExplainParams) -> ExplainParams:
     if message.HasField("tau"):
         params.tau = number(message.tau, "params.tau", high=1e6)
     if message.HasField("lam"):
-        params.lam = number(message.lam, "params.lam", high=1e9)
+        params.lam = number(message.lam, "params.lam", high=1e9, low_open=True)  # Eq. 8 needs lambda > 0
     params.pair = pair_of(message.pair, "params.pair")
     scope = enum_value(common_pb2.CurationScope, message.curation_scope, "params.curation_scope")
     params.curation_scope = SCOPE_NAMES.get(scope, params.curation_scope)

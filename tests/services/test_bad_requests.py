@@ -88,6 +88,8 @@ def test_negative_and_huge_parameters(client, run_id, tiny_dataset):
            min_cluster_size=10**9)
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.batch_size", client.interpret, run_id, batch_size=-1)
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.tau", client.explain, run_id, tau=-0.5)
+    # lambda = 0 makes Eq. 8 singular: refused at the request, not later inside the job
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.lam", client.explain, run_id, lam=0.0)
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.pair", client.explain, run_id, pair=[1, 1])
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.repeats", client.finetune, run_id, repeats=0)
     expect(grpc.StatusCode.INVALID_ARGUMENT, "train.epochs", client.create_run, "other",
