@@ -6,7 +6,7 @@ import warnings
 from i2x.v1 import clustering_pb2 as i2x_dot_v1_dot_clustering__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class ClusteringServiceStub:
+class ClusteringServiceStub(object):
     """Prototype extraction and confidence-change clustering.
     """
 
@@ -48,7 +48,7 @@ class ClusteringServiceStub:
                 _registered_method=True)
 
 
-class ClusteringServiceServicer:
+class ClusteringServiceServicer(object):
     """Prototype extraction and confidence-change clustering.
     """
 
@@ -88,7 +88,7 @@ def add_ClusteringServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ClusteringService:
+class ClusteringService(object):
     """Prototype extraction and confidence-change clustering.
     """
 

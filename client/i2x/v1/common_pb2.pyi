@@ -98,7 +98,7 @@ class TrainConfig(_message.Message):
     seed: int
     device: str
     include_initial: bool
-    def __init__(self, preset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., include_initial: _Optional[bool] = ...) -> None: ...
+    def __init__(self, preset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., include_initial: bool = ...) -> None: ...
 
 class InterpretParams(_message.Message):
     __slots__ = ("target_layer", "target_mode", "target_class", "batch_size")

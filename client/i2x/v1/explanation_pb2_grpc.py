@@ -6,7 +6,7 @@ import warnings
 from i2x.v1 import explanation_pb2 as i2x_dot_v1_dot_explanation__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class ExplanationServiceStub:
+class ExplanationServiceStub(object):
     """Explanations.
     """
 
@@ -68,7 +68,7 @@ class ExplanationServiceStub:
                 _registered_method=True)
 
 
-class ExplanationServiceServicer:
+class ExplanationServiceServicer(object):
     """Explanations.
     """
 
@@ -160,7 +160,7 @@ def add_ExplanationServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ExplanationService:
+class ExplanationService(object):
     """Explanations.
     """
 

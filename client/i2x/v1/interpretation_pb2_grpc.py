@@ -6,7 +6,7 @@ import warnings
 from i2x.v1 import interpretation_pb2 as i2x_dot_v1_dot_interpretation__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class InterpretationServiceStub:
+class InterpretationServiceStub(object):
     """Interpretation of checkpoints; the job's events name each interpretation/<step>.npz written.
     """
 
@@ -43,7 +43,7 @@ class InterpretationServiceStub:
                 _registered_method=True)
 
 
-class InterpretationServiceServicer:
+class InterpretationServiceServicer(object):
     """Interpretation of checkpoints; the job's events name each interpretation/<step>.npz written.
     """
 
@@ -70,7 +70,7 @@ def add_InterpretationServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class InterpretationService:
+class InterpretationService(object):
     """Interpretation of checkpoints; the job's events name each interpretation/<step>.npz written.
     """
 

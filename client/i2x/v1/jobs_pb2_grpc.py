@@ -5,7 +5,7 @@ import warnings
 
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class JobsServiceStub:
+class JobsServiceStub(object):
     """Served by every I2X process for the jobs that process runs.
     """
 
@@ -57,7 +57,7 @@ class JobsServiceStub:
                 _registered_method=True)
 
 
-class JobsServiceServicer:
+class JobsServiceServicer(object):
     """Served by every I2X process for the jobs that process runs.
     """
 
@@ -120,7 +120,7 @@ def add_JobsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class JobsService:
+class JobsService(object):
     """Served by every I2X process for the jobs that process runs.
     """
 

@@ -24,7 +24,7 @@ class CreateRunRequest(_message.Message):
     explanation_fraction: float
     explanation_seed: int
     overwrite: bool
-    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., explanation_fraction: _Optional[float] = ..., explanation_seed: _Optional[int] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., explanation_fraction: _Optional[float] = ..., explanation_seed: _Optional[int] = ..., overwrite: bool = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -7,7 +7,7 @@ from i2x.v1 import common_pb2 as i2x_dot_v1_dot_common__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 from i2x.v1 import training_pb2 as i2x_dot_v1_dot_training__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -27,7 +27,7 @@ if _version_not_supported:
     )
 
 
-class TrainingServiceStub:
+class TrainingServiceStub(object):
     """Training, fine-tuning, runs.
     """
 
@@ -79,7 +79,7 @@ class TrainingServiceStub:
                 _registered_method=True)
 
 
-class TrainingServiceServicer:
+class TrainingServiceServicer(object):
     """Training, fine-tuning, runs.
     """
 
@@ -192,7 +192,7 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class TrainingService:
+class TrainingService(object):
     """Training, fine-tuning, runs.
     """
 
