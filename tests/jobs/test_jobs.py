@@ -82,8 +82,10 @@ def test_unexpected_error_is_one_line_without_traceback(manager):
 
     final = manager.wait(manager.submit("train", "r", {}, crash).job_id, timeout=WAIT)
     assert final.state == "FAILED" and final.error_code == "INTERNAL"
-    assert final.error == "RuntimeError: boom second line"
-    assert "Traceback" not in final.error and "\n" not in final.error
+    # The exception's text may hold paths or hosts: the client gets its type and where to look.
+    assert final.error == ("internal error (RuntimeError); the server log has the details under job_id "
+                           f"{final.job_id}")
+    assert "boom" not in final.error
 
 
 def test_bad_inputs_refused(manager):
@@ -119,9 +121,9 @@ def test_cancel_running_job_runs_hooks_and_stops_it(manager):
     manager.cancel(job.job_id)
     final = manager.wait(job.job_id, timeout=WAIT)
     assert final.state == "CANCELLED" and hook_calls == ["ray.cancel"]
-    with pytest.raises(FailedPrecondition) as info:
-        manager.cancel(job.job_id)
-    assert info.value.field == "job_id"
+    # jobs.proto: cancelling a finished job changes nothing and returns it.
+    again = manager.cancel(job.job_id)
+    assert again.to_dict() == manager.get(job.job_id).to_dict() == final.to_dict()
 
 
 def test_cancel_queued_job_never_runs_it(store):

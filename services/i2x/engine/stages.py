@@ -18,6 +18,7 @@ import numpy as np
 from i2x.core.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine.params import ClusterParams, ExplainParams, FinetuneParams, InterpretParams, PrototypeParams
 from i2x.storage import Store, run_key, step_name, validate_id  # noqa: F401  (run_key re-exported)
+from i2x.storage.staged import StagedStore
 
 Progress = Callable[..., None] | None
 
@@ -307,36 +308,67 @@ def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[
     Each is loaded into the run's model to check its architecture, then stored under the run.
     Writes evaluation/final.npz (the last checkpoint on the test split) and checkpoints/index.json.
     """
-    from i2x.models import build_model, checkpoint_from_bytes, checkpoint_to_bytes, load_weights, ModelSpec
+    from i2x.models import build_model, checkpoint_to_bytes, load_weights, ModelSpec
 
     record = get_run(store, run_id)
     model = build_model(ModelSpec.from_dict(record["model"]))
-    saved = []
     items = sorted(((int(step), source) for step, source in checkpoints), key=lambda item: item[0])
     if not items:
         raise InvalidArgument("give at least one checkpoint", field="checkpoints")
     steps = [step for step, _ in items]
     if len(set(steps)) != len(steps) or min(steps) < 0:
         raise InvalidArgument(f"steps must be distinct and >= 0, got {steps}", field="checkpoints.step")
+    # Pass 1 checks every checkpoint (readable, this architecture, finite weights) and evaluates
+    # the last one, writing nothing; pass 2 stores them. A bad checkpoint leaves no file behind.
+    staged = StagedStore(store)
     for step, source in items:
-        data = store.get_bytes(source) if isinstance(source, str) else bytes(source)
-        try:
-            state, meta = checkpoint_from_bytes(data)
-        except InvalidArgument:
-            raise
-        except Exception as exc:  # noqa: BLE001  # neither safetensors nor a torch.save zip
-            raise InvalidArgument(f"checkpoint of step {step} could not be read ({exc}); give model.state_dict() "
-                                  "saved with safetensors or torch.save", field="checkpoints") from None
+        state, meta = _read_checkpoint(store, step, source)
         load_weights(model, state)
-        meta = {**meta, "step": step, "arch": record["model"]["arch"]}
-        key = checkpoint_key(run_id, step)
-        store.put_bytes(key, checkpoint_to_bytes(state, meta))
-        saved.append({"step": step, "epoch": meta.get("epoch"), "loss": meta.get("loss"),
-                      "accuracy": meta.get("accuracy"), "key": key})
-    summary = _evaluate_final(store, run_id, model, record)
-    index = {"checkpoints": saved, **summary}
-    store.put_json(_key(run_id, "checkpoints", "index.json"), index)
+    summary = _evaluate_final(staged, run_id, model, record)
+    saved, written = [], []
+    try:
+        for step, source in items:
+            state, meta = _read_checkpoint(store, step, source)
+            meta = {**meta, "step": step, "arch": record["model"]["arch"]}
+            key = checkpoint_key(run_id, step)
+            if not store.exists(key):
+                written.append(key)
+            store.put_bytes(key, checkpoint_to_bytes(state, meta))
+            saved.append({"step": step, "epoch": meta.get("epoch"), "loss": meta.get("loss"),
+                          "accuracy": meta.get("accuracy"), "key": key})
+        index = {"checkpoints": saved, **summary}
+        staged.put_json(_key(run_id, "checkpoints", "index.json"), index)
+        staged.commit()
+    except BaseException:
+        for key in written:  # best effort: what this try added goes again
+            try:
+                store.delete(key)
+            except Exception:  # noqa: BLE001  (the store is down: the next try overwrites them)
+                pass
+        raise
     return index
+
+
+def _read_checkpoint(store: Store, step: int, source: bytes | str) -> tuple[dict, dict]:
+    """Tensors and metadata of one checkpoint to register; InvalidArgument when unreadable or not finite."""
+    import torch
+
+    from i2x.models import checkpoint_from_bytes
+
+    data = store.get_bytes(source) if isinstance(source, str) else bytes(source)
+    try:
+        state, meta = checkpoint_from_bytes(data)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # noqa: BLE001  # neither safetensors nor a torch.save zip
+        raise InvalidArgument(f"checkpoint of step {step} could not be read ({str(exc)[:200]}); give "
+                              "model.state_dict() saved with safetensors or torch.save", field="checkpoints") from None
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InvalidArgument(f"checkpoint of step {step} has NaN or infinite weights in {len(bad)} tensors "
+                              f"(e.g. {bad[:3]}); register a checkpoint from before training diverged",
+                              field="checkpoints")
+    return state, meta
 
 
 # ---------------------------------------------------------------- interpretation (Eq. 1)
@@ -355,18 +387,38 @@ def _target_args(params: InterpretParams, labels: np.ndarray, n_classes: int):
 
 
 def _interpretation_params(store: Store, run_id: str, params: InterpretParams, layer: str) -> None:
-    """Units of one run share one set of parameters: refuse to mix layers or targets."""
+    """Units of one run share one set of parameters: refuse to mix layers or targets.
+
+    The layer is checked against the run's model before params.json is written, and
+    params.json that no unit was written with yet (a try that failed before its first unit)
+    is replaced: a bad try never blocks a good one."""
     key = _key(run_id, "interpretation", "params.json")
     wanted = {**params.to_dict(), "target_layer": layer}
     wanted.pop("batch_size", None)
+    check_layer(get_run(store, run_id)["model"], layer)
     if store.exists(key):
         existing = store.get_json(key)
-        if existing != wanted:
+        if existing != wanted and not _interpretation_started(store, run_id):
+            store.put_json(key, wanted)
+        elif existing != wanted:
             raise FailedPrecondition(
                 f"run {run_id!r} was interpreted with {existing}; interpret into a new run "
                 f"(register the same checkpoints) to use {wanted}", field="target_layer")
     else:
         store.put_json(key, wanted)
+
+
+def check_layer(model: dict, layer: str) -> None:
+    """InvalidArgument(field="target_layer") unless `layer` names a module of the model spec `model`."""
+    from i2x.models import ModelSpec, build_model, resolve_layer
+
+    resolve_layer(build_model(ModelSpec.from_dict(model)), layer)
+
+
+def _interpretation_started(store: Store, run_id: str) -> bool:
+    """True when a unit or the index of the run's interpretation exists (params.json binds them)."""
+    prefix = _key(run_id, "interpretation") + "/"
+    return any(not k.endswith("/params.json") for k in store.list(prefix))
 
 
 def interpret_checkpoint(store: Store, run_id: str, step: int, params: InterpretParams,
@@ -554,15 +606,18 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
             f"prototype maps {assignments.shape} do not match the saliency maps {interp['saliency'].shape[1:]}: "
             "extract prototypes at the interpreted layer", field="target_layer")
 
+    # Commit or nothing: a try that fails (e.g. in build_explanation) leaves the last good
+    # intensity, mapping and explanation as they were.
+    staged = StagedStore(store)
     _report(progress, 0, 3, "prototype intensity (Eq. 4)")
     intensity = prototype_intensity(interp["saliency"], assignments, n_prototypes)
-    store.put_npz(_key(run_id, "explanation", "intensity.npz"), intensity=intensity.astype(np.float32),
+    staged.put_npz(_key(run_id, "explanation", "intensity.npz"), intensity=intensity.astype(np.float32),
                   steps=interp["steps"])
     _check(cancel)
     _report(progress, 1, 3, "cluster aggregates and ridge mapping (Eq. 6-8)")
     dyn = fit_dynamics(interp["confidences"], intensity, interp["steps"], tau=params.tau, lam=params.lam,
                        labels=clusters["labels"])
-    store.put_npz(_key(run_id, "explanation", "mapping.npz"), W=dyn.W.astype(np.float32),
+    staged.put_npz(_key(run_id, "explanation", "mapping.npz"), W=dyn.W.astype(np.float32),
                   dP=np.asarray(dyn.dP, dtype=np.float32), dI=np.asarray(dyn.dI, dtype=np.float32),
                   cluster_step=np.asarray(dyn.cluster_step, dtype=np.int64),
                   cluster_label=np.asarray(dyn.cluster_label, dtype=np.int32),
@@ -576,7 +631,9 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
         tau=params.tau, lam=params.lam, **params.extra)
     explanation["run_id"] = run_id
     key = _key(run_id, "explanation", "explanation.json")
-    store.put_json(key, explanation)
+    staged.put_json(key, explanation)
+    _check(cancel)
+    staged.commit()  # explanation.json last
     _report(progress, 3, 3, "explanation written", key)
     return explanation
 

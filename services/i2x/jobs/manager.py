@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,6 +44,9 @@ POLL_SECONDS = 1.0
 # Longest pause between writing a claim and re-reading it (shorter for short leases): another
 # replica that read the record before our write must have written its own claim by then.
 CLAIM_SETTLE_SECONDS = 0.5
+# A terminal state is written again after 0.2, 0.4, ... up to 5 s until the store takes it.
+FINAL_WRITE_FIRST_DELAY = 0.1
+FINAL_WRITE_MAX_DELAY = 5.0
 
 JobFunction = Callable[["JobContext"], "dict | None"]
 
@@ -193,6 +197,8 @@ class JobManager:
         # re-reads the record first (another replica may have taken the job over meanwhile).
         self._confirmed: dict[str, float] = {}
         self._gone: set[str] = set()  # jobs this instance no longer runs: released or taken over
+        # Resumed jobs: the (done, total) they had; progress below it is not reported again.
+        self._floor: dict[str, tuple[int, int]] = {}
         self._closed = False
         self._stop = threading.Event()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
@@ -208,22 +214,46 @@ class JobManager:
         """The marker a replica writes to cancel a job another replica runs."""
         return f"jobs/{self.service}/{job_id}.cancel"
 
-    def _write(self, job_id: str) -> None:
-        """Persist the latest state; the per-job lock keeps an older snapshot from landing last."""
-        with self._write_locks[job_id]:
-            with self._lock:
-                if job_id in self._gone:
-                    return  # another replica runs it now: its record is not ours to write
-                snapshot = self._records[job_id].to_dict()
-                self._last_write[job_id] = time.monotonic()
-                unconfirmed = time.time() - self._confirmed.get(job_id, 0.0) > self.lease_seconds
-            if unconfirmed and not self._still_ours(job_id):
+    def _write(self, job_id: str, *, final: bool = False) -> None:
+        """Persist the latest state; the per-job lock keeps an older snapshot from landing last.
+
+        final=True (a terminal state): retried until the store takes it, so a store outage can
+        not leave a FAILED or CANCELLED job RUNNING in the store for recovery to bring back."""
+        attempt = 0
+        while True:
+            with self._write_locks[job_id]:
+                with self._lock:
+                    if job_id in self._gone:
+                        return  # another replica runs it now: its record is not ours to write
+                    snapshot = self._records[job_id].to_dict()
+                    self._last_write[job_id] = time.monotonic()
+                    unconfirmed = time.time() - self._confirmed.get(job_id, 0.0) > self.lease_seconds
+                if unconfirmed and not self._still_ours(job_id):
+                    return
+                try:
+                    self.store.put_json(self.key(job_id), snapshot)
+                    return
+                except Exception:  # noqa: BLE001  (any store error: an outage, a timeout)
+                    # A store outage must not kill the job; the next write carries the state.
+                    log.warning("could not write job record %s (state %s)%s", job_id, snapshot["state"],
+                                "; retrying" if final else "", exc_info=True,
+                                extra=self._log_ids(job_id))
+            if not final:
                 return
-            try:
-                self.store.put_json(self.key(job_id), snapshot)
-            except I2XError:
-                # A store outage must not kill the job; the next write carries the state.
-                log.exception("could not write job record %s", job_id)
+            attempt += 1
+            time.sleep(min(FINAL_WRITE_MAX_DELAY, FINAL_WRITE_FIRST_DELAY * 2 ** min(attempt, 10)))
+
+    def _log_ids(self, job_id: str) -> dict:
+        record = self._records.get(job_id)
+        return {"service": self.service, "job_id": job_id, "run_id": record.run_id if record else ""}
+
+    def _log_state(self, record: JobRecord, previous: str | None) -> None:
+        """One log line per job state change, with the ids in `extra` (read by a JSON formatter)."""
+        ids = {"service": self.service, "job_id": record.job_id, "run_id": record.run_id}
+        detail = f": {record.error_code} {record.error}" if record.state == "FAILED" else ""
+        log.info("job %s (%s, run %s) %s -> %s%s", record.job_id, record.kind, record.run_id or "-",
+                 previous or "new", record.state, detail, extra={**ids, "kind": record.kind,
+                                                                 "state": record.state, "previous": previous})
 
     def _still_ours(self, job_id: str) -> bool:
         """Re-read the record: False (and the job is given up here) when another replica holds it
@@ -258,6 +288,23 @@ class JobManager:
             context.interrupted = True
             context._cancel()
 
+    def _put_final(self, record: JobRecord) -> None:
+        """Store a terminal record this instance does not run (recover, cancel of an orphan),
+        retried like _write(final=True): a closed job must not come back as RUNNING."""
+        attempt = 0
+        while True:
+            try:
+                self.store.put_json(self.key(record.job_id), record.to_dict())
+                return
+            except Exception:  # noqa: BLE001
+                attempt += 1
+                log.warning("could not write job record %s (state %s); retrying", record.job_id, record.state,
+                            exc_info=True, extra={"service": self.service, "job_id": record.job_id,
+                                                  "run_id": record.run_id})
+                if self._stop.is_set() and attempt > 3:
+                    raise
+                time.sleep(min(FINAL_WRITE_MAX_DELAY, FINAL_WRITE_FIRST_DELAY * 2 ** min(attempt, 10)))
+
     def _load(self, job_id: str) -> JobRecord:
         try:
             return JobRecord.from_dict(self.store.get_json(self.key(job_id)))
@@ -287,6 +334,7 @@ class JobManager:
                 raise FailedPrecondition(f"job id {job_id!r} is taken; the id factory must give new ids",
                                          field="job_id")
         queued = record.copy()  # the state as submitted; the worker may already be changing it
+        self._log_state(queued, None)
         self._start(record, fn)
         return queued
 
@@ -325,8 +373,7 @@ class JobManager:
     def cancel(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
         if record.finished:
-            raise FailedPrecondition(f"job {job_id!r} already finished ({record.state}); nothing to cancel",
-                                     field="job_id")
+            return record  # jobs.proto: cancelling a finished job changes nothing
         with self._lock:
             ours = job_id not in self._gone
             context = self._contexts.get(job_id) if ours else None
@@ -337,8 +384,10 @@ class JobManager:
                 record.message = "cancel requested"
                 return record
             # Nobody runs it (its process died and no replica took it over yet): close it here.
+            previous = record.state
             record.state, record.message, record.updated = "CANCELLED", "cancelled", time.time()
-            self.store.put_json(self.key(job_id), record.to_dict())
+            self._put_final(record)
+            self._log_state(record, previous)
             return record
         self._cancel_local(job_id)
         return self.get(job_id)
@@ -440,10 +489,12 @@ class JobManager:
         claimed = self._claim(candidates)
         handled = []
         for record in claimed:
+            previous = record.state
             if self.store.exists(self.cancel_key(record.job_id)):
                 record.state, record.message, record.updated = "CANCELLED", "cancelled", time.time()
                 record.owner, record.heartbeat = "", 0.0
-                self.store.put_json(self.key(record.job_id), record.to_dict())
+                self._put_final(record)
+                self._log_state(record, previous)
                 self.store.delete(self.cancel_key(record.job_id))
                 handled.append(record.job_id)
                 continue
@@ -457,9 +508,14 @@ class JobManager:
             if fn is None:
                 record.state, record.error, record.error_code = "FAILED", reason, "ABORTED"
                 record.message, record.updated = "service restarted", time.time()
-                self.store.put_json(self.key(record.job_id), record.to_dict())
+                record.owner, record.heartbeat = "", 0.0
+                self._put_final(record)
+                self._log_state(record, previous)
             else:
                 record.state, record.message, record.updated = "QUEUED", "resumed after a restart", time.time()
+                with self._lock:  # progress never goes back: the resumed run starts again from 0
+                    self._floor[record.job_id] = (record.progress_done, record.progress_total)
+                self._log_state(record, previous)
                 try:
                     self._start(record, fn)
                 except RuntimeError:  # the executor shut down meanwhile: leave it to another replica
@@ -562,8 +618,11 @@ class JobManager:
             record = self._records[job_id]
             if record.finished or job_id in self._gone:
                 return
+            previous = record.state
             record.state, record.owner, record.heartbeat = "QUEUED", "", 0.0
             record.updated = time.time()
+            if previous != "QUEUED":
+                self._log_state(record, previous)
             self._emit(job_id, _event(record, None))
             self._emit(job_id, None)  # watchers here go on following the store
             self._watchers.pop(job_id, None)
@@ -626,12 +685,15 @@ class JobManager:
                 self._interrupted(job_id)
             else:
                 self._finish(job_id, "CANCELLED", message="cancelled")
-        except I2XError as error:
-            self._finish(job_id, "FAILED", message="failed", error=str(error), error_code=error.grpc_code)
         except Exception as error:
-            # The traceback stays in the server log; clients get one line.
-            log.exception("job %s (%s) failed", job_id, self._records[job_id].kind)
-            self._finish(job_id, "FAILED", message="failed", error=_one_line(error), error_code="INTERNAL")
+            # The client gets one line and a stable code; the traceback stays in the server log.
+            message, code = client_error(error)
+            log.error("job %s (%s) failed: %s %s", job_id, self._records[job_id].kind, code, message,
+                      exc_info=error, extra=self._log_ids(job_id))
+            if code == "INTERNAL":
+                message = (f"internal error ({type(_cause(error)).__name__}); the server log has the details "
+                           f"under job_id {job_id}")
+            self._finish(job_id, "FAILED", message="failed", error=message, error_code=code)
         else:
             self._finish(job_id, "SUCCEEDED", message="done", result=result)
 
@@ -646,9 +708,12 @@ class JobManager:
             record = self._records[job_id]
             if record.finished:  # a late update (e.g. a cancel racing the end) changes nothing
                 return
+            previous = record.state
             for name, value in changes.items():
                 setattr(record, name, value)
             record.updated = time.time()
+            if record.state != previous:
+                self._log_state(record, previous)
             self._emit(job_id, _event(record, None))
         self._write(job_id)
 
@@ -659,14 +724,17 @@ class JobManager:
                 return
             if state == "SUCCEEDED" and record.progress_total:
                 record.progress_done = record.progress_total
+            previous = record.state
             record.state = state
             for name, value in changes.items():
                 setattr(record, name, value)
             record.updated = time.time()
+            self._floor.pop(job_id, None)
+            self._log_state(record, previous)
             self._emit(job_id, _event(record, None))
             self._watchers.pop(job_id, None)
             gone = job_id in self._gone
-        self._write(job_id)
+        self._write(job_id, final=True)
         if not gone:
             try:  # a cancel marker has done its work (deleting a missing key is not an error)
                 self.store.delete(self.cancel_key(job_id))
@@ -679,6 +747,12 @@ class JobManager:
             record = self._records[job_id]
             if record.finished:
                 return
+            floor = self._floor.get(job_id)
+            if floor is not None:
+                if total == floor[1] and done < floor[0]:
+                    done = floor[0]  # a resumed job skips finished units: don't show them again
+                else:
+                    del self._floor[job_id]
             record.progress_done, record.progress_total = done, total
             if message:
                 record.message = message
@@ -707,6 +781,36 @@ def _event(record: JobRecord, artifact: str | None) -> JobEvent:
     return JobEvent(job_id=record.job_id, state=record.state, done=record.progress_done,
                     total=record.progress_total, message=record.message, artifact=artifact,
                     time=record.updated)
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Longest Job.error: one line a client can act on.
+MAX_ERROR_CHARS = 300
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The error a Ray task raised, when `error` is Ray's wrapper of it (RayTaskError carries
+    the remote traceback in its text; its .cause is the original exception)."""
+    seen = 0
+    while seen < 5 and type(error).__module__.startswith("ray.") and isinstance(getattr(error, "cause", None),
+                                                                              BaseException):
+        error, seen = error.cause, seen + 1
+    return error
+
+
+def client_error(error: BaseException) -> tuple[str, str]:
+    """(one line for Job.error, stable code): an I2XError's "field: message" and its gRPC code
+    (unwrapped from Ray's task error), else the exception type and INTERNAL. Never a traceback."""
+    cause = _cause(error)
+    if isinstance(cause, I2XError):
+        text = f"{cause.field}: {cause.message}" if cause.field else str(cause.message)
+        code = cause.grpc_code
+    else:
+        text, code = _one_line(cause), "INTERNAL"
+    text = " ".join(ANSI_ESCAPE.sub("", text).split())
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS - 3] + "..."
+    return text, code
 
 
 def _one_line(error: BaseException) -> str:
