@@ -82,7 +82,7 @@ def test_second_run_resumes_without_redoing_units(finished, tiny_mnist_npz):
 def test_a_run_is_not_reinterpreted_at_another_layer(finished):
     store, _, _ = finished
     with pytest.raises(FailedPrecondition, match="interpreted with"):
-        stages.interpret_run(store, "tiny", InterpretParams(target_layer="features.0"))
+        stages.interpret_run(store, "tiny", InterpretParams(target_layer="block2"))
 
 
 def test_bring_your_own_checkpoints(finished, tiny_mnist_npz):
@@ -188,3 +188,49 @@ def test_stage_parameters_refuse_unknown_keys():
         ExplainParams.from_dict({"tua": 0.1})
     assert err.value.field == "ExplainParams" and "'tau'" in str(err.value)
     assert ExplainParams.from_dict({"tau": 0.1}).tau == 0.1
+
+
+def test_a_failed_explanation_leaves_the_last_good_one_as_it_was(finished):
+    """build_explanation fails after Eq. 4-8 ran with other parameters: nothing is committed."""
+    store, _, _ = finished
+    keys = [f"runs/tiny/explanation/{name}" for name in ("intensity.npz", "mapping.npz", "explanation.json")]
+    before = {key: store.get_bytes(key) for key in keys}
+    with pytest.raises(TypeError, match="no_such_option"):
+        stages.explain_run(store, "tiny", ExplainParams(tau=0.5, lam=1e6, extra={"no_such_option": 1}))
+    assert {key: store.get_bytes(key) for key in keys} == before
+
+
+def test_a_bad_layer_leaves_nothing_that_blocks_the_next_try(finished, tiny_mnist_npz):
+    store, _, _ = finished
+    stages.create_run(store, "layers", model=TINY_MODEL, dataset={"kind": "npz", "root": tiny_mnist_npz},
+                      explanation_fraction=0.3)
+    keys = [c["key"] for c in stages.get_run(store, "tiny")["checkpoints"]][:2]
+    stages.register_checkpoints(store, "layers", list(enumerate(keys)))
+    with pytest.raises(InvalidArgument, match="no layer named 'bogus'") as info:
+        stages.interpret_run(store, "layers", InterpretParams(target_layer="bogus"))
+    assert info.value.field == "target_layer"
+    assert store.list("runs/layers/interpretation/") == []
+    # A try that stopped before its first unit does not bind the run to its parameters either.
+    store.put_json("runs/layers/interpretation/params.json", {"target": "label", "target_layer": "block2"})
+    index = stages.interpret_run(store, "layers", InterpretParams())
+    assert index["target_layer"] == "block3" and index["steps"] == [0, 1]
+    assert store.get_json("runs/layers/interpretation/params.json")["target_layer"] == "block3"
+
+
+def test_a_failed_registration_leaves_no_file_and_nan_weights_are_refused(finished, tiny_mnist_npz):
+    import torch
+
+    from i2x.models import checkpoint_from_bytes, checkpoint_to_bytes
+
+    store, _, _ = finished
+    stages.create_run(store, "half", model=TINY_MODEL, dataset={"kind": "npz", "root": tiny_mnist_npz},
+                      explanation_fraction=0.3)
+    good = stages.get_run(store, "tiny")["checkpoints"][0]["key"]
+    state, _ = checkpoint_from_bytes(store.get_bytes(good))
+    state = {name: tensor.clone() for name, tensor in state.items()}
+    state["fc.weight"][0, 0] = float("nan")
+    with pytest.raises(InvalidArgument, match="NaN or infinite weights") as info:
+        stages.register_checkpoints(store, "half", [(0, good), (5, checkpoint_to_bytes(state, {"step": 5}))])
+    assert "fc.weight" in str(info.value)
+    assert store.list("runs/half/checkpoints/") == [] and store.list("runs/half/evaluation/") == []
+    assert torch.isfinite(checkpoint_from_bytes(store.get_bytes(good))[0]["fc.weight"]).all()
