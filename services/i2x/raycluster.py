@@ -15,8 +15,11 @@ from i2x.core.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
-# Environment a Ray worker needs to open the same store as the service (forwarded via runtime_env).
-FORWARDED_ENV_PREFIXES = ("I2X_", "AWS_", "MINIO_")
+# Settings a Ray worker gets from the service through runtime_env, which Ray's state API shows
+# to anyone who can reach the cluster: only non-secret I2X_ settings. Credentials (S3 keys, the
+# API token) never travel this way; workers read the S3 keys from their own pod environment
+# (docs/DEPLOY.md: Secret i2x-s3 on the Ray pods) and never need the API token.
+FORWARDED_ENV_PREFIXES = ("I2X_",)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
@@ -75,5 +78,13 @@ def cpus_per_task(setting: str | None = None) -> float:
 
 
 def worker_env() -> dict[str, str]:
-    """The store and torch settings of this process, for runtime_env on a remote cluster."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """The store and torch settings of this process, for runtime_env: registered, non-secret
+    I2X_ settings only (never a token or key, never AWS_* / MINIO_*)."""
+    public = {s.env for s in config.SETTINGS if not s.secret}
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k in public}
+
+
+def is_local(address: str | None = None) -> bool:
+    """True when Ray runs on this machine as children of this process (I2X_RAY_ADDRESS=local):
+    its workers may be handed what this process has, as they could read it from its environment."""
+    return config.get("I2X_RAY_ADDRESS", address).strip().lower() == "local"

@@ -66,16 +66,18 @@ class InterpretWorker:
         return stages.interpret_checkpoint(self.store, run_id, step, InterpretParams.from_dict(params), self.cache)
 
 
-def store_spec(store) -> dict:
-    """How a worker opens the service's store: its URL, plus the S3 endpoint and credentials
-    the service was given (a worker may not have the service's environment or flags)."""
+def store_spec(store, *, credentials: bool | None = None) -> dict:
+    """How a worker opens the service's store: its URL, plus the S3 endpoint (a worker may not
+    have the service's flags). The S3 keys only for a local Ray (credentials=None: when
+    raycluster.is_local()); remote workers read them from their own environment (docs/SECURITY.md)."""
     spec = {"url": store.url}
     client = getattr(store, "client", None)
     if store.url.startswith("s3://") and client is not None:
-        provider = getattr(client, "_provider", None)
-        creds = provider.retrieve() if provider is not None else None
-        spec.update(endpoint=store.endpoint, secure=store.secure, region=getattr(getattr(client, "_base_url", None), "region", None),
-                    access_key=getattr(creds, "access_key", None), secret_key=getattr(creds, "secret_key", None))
+        spec.update(endpoint=store.endpoint, secure=store.secure, region=getattr(getattr(client, "_base_url", None), "region", None))
+        if raycluster.is_local() if credentials is None else credentials:
+            provider = getattr(client, "_provider", None)
+            creds = provider.retrieve() if provider is not None else None
+            spec.update(access_key=getattr(creds, "access_key", None), secret_key=getattr(creds, "secret_key", None))
     return spec
 
 
