@@ -28,3 +28,17 @@ def output_dir(request) -> Path:
     path = OUTPUT_ROOT / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_roots(tmp_path_factory):
+    """Services read datasets only under I2X_DATA_ROOTS: the tests' datasets lie in pytest's temp
+    folder (set in os.environ so that services started as subprocesses get it too)."""
+    root = str(tmp_path_factory.getbasetemp().resolve())
+    previous = os.environ.get("I2X_DATA_ROOTS")
+    os.environ["I2X_DATA_ROOTS"] = root
+    yield root
+    if previous is None:
+        os.environ.pop("I2X_DATA_ROOTS", None)
+    else:
+        os.environ["I2X_DATA_ROOTS"] = previous

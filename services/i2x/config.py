@@ -65,3 +65,19 @@ def get(env: str, override: str | None = None) -> str:
     if override not in (None, ""):
         return str(override)
     return os.environ.get(env, setting.default)
+
+# Hardening (docs/SECURITY.md): what a remote caller may touch, and how big a request may be.
+SETTINGS += (
+    Setting("I2X_MODEL_FACTORIES", "",
+            "comma-separated 'module:function' (or 'module:*') custom model factories a caller may name "
+            "in model.factory; empty: services build no custom model (the in-process library is not limited)"),
+    Setting("I2X_DATA_ROOTS", "",
+            "comma-separated folders a caller's dataset.root must lie in (absolute, resolved); empty: services "
+            "read only the built-in mnist5k"),
+    Setting("I2X_MAX_ID_LENGTH", "128", "longest run, job or request id accepted (1..128 characters)"),
+    Setting("I2X_MAX_JSON_KB", "64", "largest JSON text in a request (extra_json), in KiB; nested at most 20 deep"),
+    Setting("I2X_MAX_JOBS", "64",
+            "unfinished (queued or running) jobs one service process holds; more: RESOURCE_EXHAUSTED"),
+    Setting("I2X_MAX_PAGE_SIZE", "500", "most items one List* reply holds (page_size above is lowered to it)"),
+)
+_BY_ENV = {s.env: s for s in SETTINGS}

@@ -40,8 +40,36 @@ def _status(error: I2XError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
-    """The same kind of handler as `handler`, its behaviour replaced by wrap(behaviour, streams_out)."""
+class Undecodable:
+    """What a request deserializer gives for bytes that are not the request message: the handler
+    answers INVALID_ARGUMENT (a deserializer that raises makes gRPC answer UNKNOWN)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as error:  # noqa: BLE001  (protobuf's DecodeError, or anything a parser raises)
+            return Undecodable(error)
+
+    return decode
+
+
+def _not_parsed(data: bytes) -> bytes:
+    """The deserializer of a refused call: the body is never parsed before the caller is known."""
+    return data
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Callable],
+             deserializer: Callable[[Callable | None], Callable | None] | None = None) -> grpc.RpcMethodHandler:
+    """The same kind of handler as `handler`, its behaviour replaced by wrap(behaviour, streams_out)
+    (and its request deserializer by deserializer(original), when given)."""
     kinds = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
         ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
@@ -51,8 +79,11 @@ def _rebuild(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Ca
     for attribute, make, streams_out in kinds:
         behaviour = getattr(handler, attribute)
         if behaviour is not None:
+            request_deserializer = handler.request_deserializer
+            if deserializer is not None:
+                request_deserializer = deserializer(request_deserializer)
             return make(wrap(behaviour, streams_out),
-                        request_deserializer=handler.request_deserializer,
+                        request_deserializer=request_deserializer,
                         response_serializer=handler.response_serializer)
     return handler
 
@@ -65,7 +96,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _rebuild(handler, lambda behaviour, streams: self._wrap(method, behaviour, streams))
+        return _rebuild(handler, lambda behaviour, streams: self._wrap(method, behaviour, streams), _tolerant)
 
     @staticmethod
     async def _abort(method: str, error: BaseException, context: grpc.aio.ServicerContext) -> None:
@@ -80,6 +111,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         abort = self._abort
         if streams_out:
             async def stream(request_or_iterator, context):
+                if isinstance(request_or_iterator, Undecodable):
+                    await _refuse_undecodable(method, context)
                 try:
                     produced = behaviour(request_or_iterator, context)
                     if inspect.isasyncgen(produced):
@@ -98,6 +131,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return stream
 
         async def unary(request_or_iterator, context):
+            if isinstance(request_or_iterator, Undecodable):
+                await _refuse_undecodable(method, context)
             try:
                 result = behaviour(request_or_iterator, context)
                 return await result if inspect.isawaitable(result) else result
@@ -107,6 +142,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await abort(method, error, context)
 
         return unary
+
+
+async def _refuse_undecodable(method: str, context: grpc.aio.ServicerContext) -> None:
+    log.info("%s -> INVALID_ARGUMENT: undecodable request body", method)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request: the body is not a {method.rsplit('/', 1)[-1]} request message; send the "
+                        "protobuf message of this method (see protos/i2x/v1)")
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -148,7 +190,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
             return deny_unary
 
-        return _rebuild(handler, deny)
+        return _rebuild(handler, deny, lambda original: _not_parsed)  # refused before the body is parsed
 
 
 def _resolve_port(service: str, port: int | None) -> int:
@@ -223,6 +265,7 @@ async def start_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(names + [HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    _enable_reflection_v1(names + [HEALTH_SERVICE, reflection.SERVICE_NAME], server)
 
     address = f"{host}:{port}"
     try:
@@ -246,6 +289,23 @@ async def start_server(
     log.info("%s listening on %s:%d%s%s", service, host, bound, " (TLS)" if tls_cert else "",
              " (token auth)" if token else "")
     return server, bound, health
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection_v1(names: list[str], server: grpc.aio.Server) -> None:
+    """grpc.reflection.v1 beside v1alpha (grpcio-reflection ships only v1alpha): the two protocols'
+    messages are the same on the wire, so v1alpha's servicer answers both."""
+    from grpc_reflection.v1alpha import reflection_pb2
+    from grpc_reflection.v1alpha._async import ReflectionServicer
+
+    servicer = ReflectionServicer(names)
+    handlers = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),))
 
 
 # Main server id -> its plaintext health-only server (see start_server's health_port).

@@ -13,7 +13,9 @@ import logging
 import math
 from typing import Any, Callable
 
-from i2x.core.errors import InvalidArgument
+from i2x import access
+from i2x.core.errors import InvalidArgument, ResourceExhausted
+from i2x.limits import check_id_length, json_object, max_jobs, quote
 from i2x.engine import stages
 from i2x.engine.params import ClusterParams, ExplainParams, FinetuneParams, InterpretParams, PrototypeParams
 from i2x.jobs import JobContext, JobManager, JobRecord
@@ -44,7 +46,7 @@ SCOPE_VALUES = {name: value for value, name in SCOPE_NAMES.items()}
 # ---------------------------------------------------------------- field checks
 
 def run_id_of(request, field: str = "run_id") -> str:
-    return validate_id(getattr(request, field), field)
+    return validate_id(check_id_length(getattr(request, field), field), field)
 
 
 def _set_fields(message) -> dict[str, Any]:
@@ -84,6 +86,11 @@ def model_spec(message: common_pb2.ModelSpec, field: str = "model") -> dict:
             count(spec[name], f"{field}.{name}", high=100_000)
     if "input_size" in spec:
         count(spec["input_size"], f"{field}.input_size", high=8192)
+    access.check_model(spec, field)  # before anything imports a factory
+    from i2x.models import ModelSpec
+    from i2x.models.zoo import check_spec
+
+    check_spec(ModelSpec.from_dict(spec))  # the architecture's own limits (input size, channels)
     return spec
 
 
@@ -92,10 +99,12 @@ def dataset_spec(message: common_pb2.DatasetSpec, field: str = "dataset") -> dic
     if "image_size" in spec:
         count(spec["image_size"], f"{field}.image_size", high=8192)
     if "test_fraction" in spec:
-        number(spec["test_fraction"], f"{field}.test_fraction", high=1.0, low_open=True)
+        from i2x.data.datasets import check_test_fraction
+
+        check_test_fraction(spec["test_fraction"], f"{field}.test_fraction")  # the core's own rule
     if "split_seed" in spec:
         count(spec["split_seed"], f"{field}.split_seed", low=0, high=2**32 - 1)
-    return spec
+    return access.check_dataset(spec, field)
 
 
 def train_config(message: common_pb2.TrainConfig, field: str = "train") -> dict:
@@ -162,33 +171,48 @@ def cluster_params(message: common_pb2.ClusterParams) -> ClusterParams:
     return ClusterParams(**values)
 
 
-def pair_of(values, field: str) -> list[int] | None:
+def pair_of(values, field: str, n_classes: int | None = None) -> list[int] | None:
     pair = [int(v) for v in values]
     if not pair:
         return None
     if len(pair) != 2 or pair[0] == pair[1] or min(pair) < 0:
-        raise InvalidArgument(f"give two different class indices [a, b], got {pair}", field=field)
+        raise InvalidArgument(f"give two different class indices [a, b], got {quote(pair)}", field=field)
+    if n_classes is not None and max(pair) >= n_classes:
+        raise InvalidArgument(f"class indices must be in 0..{n_classes - 1} (the run has {n_classes} classes), "
+                              f"got {pair}", field=field)
     return pair
 
 
-def explain_params(message: common_pb2.ExplainParams) -> ExplainParams:
+def explain_params(message: common_pb2.ExplainParams, n_classes: int | None = None) -> ExplainParams:
     params = ExplainParams()
     if message.HasField("tau"):
         params.tau = number(message.tau, "params.tau", high=1e6)
     if message.HasField("lam"):
         params.lam = number(message.lam, "params.lam", high=1e9, low_open=True)  # Eq. 8 needs lambda > 0
-    params.pair = pair_of(message.pair, "params.pair")
+    params.pair = pair_of(message.pair, "params.pair", n_classes)
     scope = enum_value(common_pb2.CurationScope, message.curation_scope, "params.curation_scope")
     params.curation_scope = SCOPE_NAMES.get(scope, params.curation_scope)
     if message.extra_json:
-        try:
-            extra = json.loads(message.extra_json)
-        except ValueError as exc:
-            raise InvalidArgument(f"not valid JSON ({exc})", field="params.extra_json") from None
-        if not isinstance(extra, dict):
-            raise InvalidArgument("must be a JSON object", field="params.extra_json")
+        extra = json_object(message.extra_json, "params.extra_json")
+        known = explain_extra_keys()
+        unknown = sorted(set(extra) - set(known))
+        if unknown:
+            raise InvalidArgument(f"unknown keys {[quote(k) for k in unknown[:5]]}; valid keys are {known}",
+                                  field="params.extra_json")
         params.extra = extra
     return params
+
+
+def explain_extra_keys() -> list[str]:
+    """The options of i2x.core.explain.build_explanation that ExplainParams.extra may set: those
+    explain_run does not pass itself."""
+    import inspect
+
+    from i2x.core.explain import build_explanation
+
+    own = {"classes", "assignments", "labels", "confidences", "W", "steps", "confusion", "n_prototypes", "pair",
+           "curation_scope", "tau", "lam"}
+    return sorted(name for name in inspect.signature(build_explanation).parameters if name not in own)
 
 
 def finetune_params(message: common_pb2.FinetuneParams) -> FinetuneParams:
@@ -289,6 +313,10 @@ class StageServicer:
 
     async def start(self, kind: str, run_id: str, params: dict) -> jobs_pb2.Job:
         await asyncio.to_thread(stages.get_run, self.store, run_id)  # unknown run -> NOT_FOUND now
+        limit = max_jobs()
+        if self.jobs.active_count() >= limit:
+            raise ResourceExhausted(f"this service already holds {limit} unfinished jobs (I2X_MAX_JOBS); wait for "
+                                    "some to finish or cancel some, then start again", field="job")
         fn = self.job_function(kind, run_id, params)
         record = await asyncio.to_thread(self.jobs.submit, kind, run_id, params, fn)
         return job_to_proto(record)
@@ -309,103 +337,14 @@ def stage_progress(ctx: JobContext) -> dict:
 
 # ---------------------------------------------------------------- one process's servers
 
-def make_servicer(service: str, store: Store, *, max_workers: int = 2, ray_workers: int | None = None) -> StageServicer:
-    """The servicer of `service` with its own JobManager over `store`."""
-    jobs = JobManager(store, service, max_workers=max_workers)
-    if service == "training":
-        from i2x.training import TrainingServicer
-        return TrainingServicer(store, jobs)
-    if service == "interpretation":
-        from i2x.interpretation import InterpretationServicer
-        return InterpretationServicer(store, jobs, max_workers=ray_workers)
-    if service == "clustering":
-        from i2x.clustering import ClusteringServicer
-        return ClusteringServicer(store, jobs)
-    if service == "explanation":
-        from i2x.explanation import ExplanationServicer
-        return ExplanationServicer(store, jobs)
-    raise InvalidArgument(f"unknown service {service!r}; choose training, interpretation, clustering or "
-                          "explanation", field="service")
+# make_servicer, registrar, start_service and ServicesInThread live in i2x.serving, which imports
+# the four service packages; those import this module, so this module must not import them.
+_SERVING = ("make_servicer", "registrar", "start_service", "ServicesInThread")
 
 
-def registrar(servicer: StageServicer) -> Callable:
-    """register(server) for i2x.server.start_server: the service, the job API; returns their full names."""
-    from i2x.v1 import (clustering_pb2, clustering_pb2_grpc, explanation_pb2, explanation_pb2_grpc,
-                        interpretation_pb2, interpretation_pb2_grpc, training_pb2, training_pb2_grpc)
+def __getattr__(name: str):
+    if name in _SERVING:
+        from i2x import serving
 
-    table = {
-        "training": (training_pb2, "TrainingService", training_pb2_grpc.add_TrainingServiceServicer_to_server),
-        "interpretation": (interpretation_pb2, "InterpretationService",
-                           interpretation_pb2_grpc.add_InterpretationServiceServicer_to_server),
-        "clustering": (clustering_pb2, "ClusteringService", clustering_pb2_grpc.add_ClusteringServiceServicer_to_server),
-        "explanation": (explanation_pb2, "ExplanationService",
-                        explanation_pb2_grpc.add_ExplanationServiceServicer_to_server),
-    }
-    module, name, add = table[servicer.service]
-
-    def register(server) -> list[str]:
-        add(servicer, server)
-        jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(servicer.jobs), server)
-        return [module.DESCRIPTOR.services_by_name[name].full_name,
-                jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name]
-
-    return register
-
-
-async def start_service(service: str, store: Store, *, host: str | None = None, port: int | None = None,
-                        token: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                        max_message_mb: int | None = None, max_workers: int = 2, ray_workers: int | None = None):
-    """Start one service's gRPC server in the running loop; resume its unfinished jobs.
-
-    Returns (server, bound_port, health, servicer)."""
-    from i2x.server import start_server
-
-    servicer = make_servicer(service, store, max_workers=max_workers, ray_workers=ray_workers)
-    server, bound, health = await start_server(service, registrar(servicer), host=host, port=port, token=token,
-                                               tls_cert=tls_cert, tls_key=tls_key, max_message_mb=max_message_mb)
-    resumed = await asyncio.to_thread(servicer.recover)
-    if resumed:
-        log.info("%s: resumed jobs %s", service, resumed)
-    return server, bound, health, servicer
-
-
-class ServicesInThread:
-    """Some services on loopback in a background event loop (tests, benchmarks): .ports[name]."""
-
-    def __init__(self, services, store: Store, *, host: str = "127.0.0.1", token: str | None = None,
-                 ray_workers: int | None = None):
-        import threading
-
-        self.ports: dict[str, int] = {}
-        self._servers: list = []
-        self.servicers: dict[str, StageServicer] = {}
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="i2x-services", daemon=True)
-        self._thread.start()
-
-        async def start_all():
-            for name in services:
-                server, port, _, servicer = await start_service(name, store, host=host, port=0, token=token,
-                                                                ray_workers=ray_workers)
-                self._servers.append(server)
-                self.ports[name] = port
-                self.servicers[name] = servicer
-
-        asyncio.run_coroutine_threadsafe(start_all(), self.loop).result(timeout=60)
-
-    def address(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
-
-    def stop(self, grace: float = 1.0) -> None:
-        """Stop like `i2x serve` on SIGTERM: servers first, then running jobs are interrupted (left
-        QUEUED for the next process to resume), then what the servicers hold (the Ray pool)."""
-        async def stop_all():
-            for server in self._servers:
-                await server.stop(grace)
-
-        asyncio.run_coroutine_threadsafe(stop_all(), self.loop).result(timeout=30)
-        for servicer in self.servicers.values():
-            servicer.jobs.shutdown(wait=True, interrupt=True)
-            servicer.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+        return getattr(serving, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,3 +54,7 @@ def check_fields(cls, data: dict, field: str) -> dict:
     if unknown:
         raise InvalidArgument(f"unknown keys {unknown}; valid keys are {sorted(known)}", field=field)
     return dict(data)
+
+
+class ResourceExhausted(I2XError):
+    grpc_code = "RESOURCE_EXHAUSTED"

@@ -142,13 +142,18 @@ def dataset_stats(spec: DatasetSpec, splits: Splits | None = None) -> tuple[tupl
 # --------------------------------------------------------------------------------------------- helpers
 
 
+def check_test_fraction(value: float, field: str = "dataset.test_fraction") -> float:
+    """The one rule for test_fraction (the services check requests with it): in (0, 1), both sides open."""
+    if not 0.0 < float(value) < 1.0:  # NaN fails too
+        raise InvalidArgument(f"test_fraction must be in (0, 1), got {value}", field=field)
+    return float(value)
+
+
 def _validate(spec: DatasetSpec) -> None:
     if spec.kind not in DATASET_KINDS:
         raise InvalidArgument(f"unknown dataset kind {spec.kind!r}; choose one of {list(DATASET_KINDS)}",
                               field="dataset.kind")
-    if not 0.0 < spec.test_fraction < 1.0:
-        raise InvalidArgument(f"test_fraction must be in (0, 1), got {spec.test_fraction}",
-                              field="dataset.test_fraction")
+    check_test_fraction(spec.test_fraction)
     if spec.kind != "mnist5k" and not spec.root:
         raise InvalidArgument(f"dataset kind {spec.kind!r} needs a root (a local folder or file); "
                               "set dataset.root", field="dataset.root")

@@ -47,7 +47,8 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
 
     async def StartExplanation(self, request, context):
         run_id = run_id_of(request)
-        params = explain_params(request.params)
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
+        params = explain_params(request.params, len(record.get("classes", [])) or None)
         await asyncio.to_thread(self._require_inputs, run_id)
         return await self.start("explain", run_id, params.to_dict())
 
@@ -156,7 +157,8 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
         run_id = run_id_of(request)
         scope = SCOPE_NAMES.get(enum_value(common_pb2.CurationScope, request.scope, "scope"), "all")
         prototype = count(request.prototype, "prototype", low=0, high=100_000) if request.HasField("prototype") else None
-        pair = pair_of(request.pair, "pair")
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
+        pair = pair_of(request.pair, "pair", len(record.get("classes", [])) or None)
         result = await asyncio.to_thread(stages.curate_run, self.store, run_id, prototype=prototype, scope=scope,
                                          pair=pair)
         return explanation_pb2.CurationResult(

@@ -59,6 +59,8 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         run_id = run_id_of(request)
         record = await asyncio.to_thread(stages.get_run, self.store, run_id)
         params = interpret_params(request.params, len(record.get("classes", [])) or None)
+        if params.target_layer:  # a wrong layer is refused now, not in every unit of the job
+            await asyncio.to_thread(stages.check_layer, record["model"], params.target_layer)
         if not record.get("checkpoints"):
             raise FailedPrecondition(f"run {run_id!r} has no checkpoints yet: train it or register checkpoints",
                                      field="run_id")

@@ -338,6 +338,11 @@ class JobManager:
         self._start(record, fn)
         return queued
 
+    def active_count(self) -> int:
+        """Jobs this instance holds that have not finished (queued or running)."""
+        with self._lock:
+            return sum(1 for j, r in self._records.items() if not r.finished and j not in self._gone)
+
     def get(self, job_id: str) -> JobRecord:
         validate_id(job_id, "job_id")
         with self._lock:

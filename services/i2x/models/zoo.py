@@ -23,6 +23,7 @@ from i2x.core.errors import InvalidArgument, check_fields
 
 ARCHS = ("small_cnn", "resnet50", "inception_v3", "custom")
 INCEPTION_MIN_INPUT = 75
+SMALL_CNN_MIN_INPUT = 4
 _DEFAULT_LAYERS = {"small_cnn": "block3", "resnet50": "layer4", "inception_v3": "Mixed_7c"}
 
 
@@ -125,9 +126,19 @@ def _validate(spec: ModelSpec) -> None:
                               f"pixels, got {spec.input_size}; resize the images (e.g. dataset.image_size / "
                               f"model.input_size = {INCEPTION_MIN_INPUT} or 299) or use another architecture",
                               field="model.input_size")
+    if spec.arch == "small_cnn" and spec.input_size < SMALL_CNN_MIN_INPUT:
+        raise InvalidArgument(f"small_cnn needs input of at least {SMALL_CNN_MIN_INPUT}x{SMALL_CNN_MIN_INPUT} pixels "
+                              f"(two 2x poolings), got {spec.input_size}; set model.input_size to the image size "
+                              "(28 for MNIST)", field="model.input_size")
     if spec.arch == "resnet50" and spec.input_size < 32:
         raise InvalidArgument(f"resnet50 needs input of at least 32x32 pixels, got {spec.input_size}; "
                               "resize the images or use small_cnn", field="model.input_size")
+
+
+def check_spec(spec: ModelSpec) -> ModelSpec:
+    """The checks build_model makes before building (arch, channels, classes, input size)."""
+    _validate(spec)
+    return spec
 
 
 def _build_custom(spec: ModelSpec) -> nn.Module:

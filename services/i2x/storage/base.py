@@ -17,18 +17,28 @@ import numpy as np
 from i2x.core.errors import InvalidArgument
 
 
+# S3 caps a key at 1024 bytes; local filesystems a name at 255 (a LocalStore key part is a file name).
+MAX_KEY_BYTES = 1024
+MAX_KEY_PART_BYTES = 200
+
+
 def check_key(key: str) -> str:
     """Return `key` when every backend can store it the same way, else raise InvalidArgument.
 
     A key is '/'-separated segments, none empty, none '.' or '..', none starting with '.'
     (LocalStore uses dot-files for its temporary writes), no backslash or NUL.
     """
+    from i2x.limits import quote
+
     if not isinstance(key, str) or not key:
-        raise InvalidArgument(f"unsafe key {key!r}: give a non-empty '/'-separated key", field="key")
+        raise InvalidArgument(f"unsafe key {quote(key)}: give a non-empty '/'-separated key", field="key")
+    if len(key.encode()) > MAX_KEY_BYTES or any(len(part.encode()) > MAX_KEY_PART_BYTES for part in key.split("/")):
+        raise InvalidArgument(f"key {quote(key)} is too long: give at most {MAX_KEY_BYTES} bytes, "
+                              f"{MAX_KEY_PART_BYTES} per '/'-separated part", field="key")
     bad = [part for part in key.split("/") if not part or part.startswith(".")]
     if key.startswith("/") or bad or "\\" in key or "\x00" in key:
         raise InvalidArgument(
-            f"unsafe key {key!r}: use '/'-separated parts that are non-empty, do not start with '.' "
+            f"unsafe key {quote(key)}: use '/'-separated parts that are non-empty, do not start with '.' "
             "and contain no backslash (no absolute paths, no '..')",
             field="key",
         )

@@ -12,8 +12,10 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def validate_id(value: str, field: str = "id") -> str:
     """Return `value` when it is a safe id: letters, digits, '_', '-', '.', at most 128, no '..'."""
     if not isinstance(value, str) or not _ID.match(value) or ".." in value:
+        from i2x.limits import quote
+
         raise InvalidArgument(
-            f"{value!r} is not a valid id: use 1-128 letters, digits, '_', '-' or '.', "
+            f"{quote(value)} is not a valid id: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit, without '..' or '/'",
             field=field,
         )
