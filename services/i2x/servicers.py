@@ -8,6 +8,8 @@ server's ErrorInterceptor maps them to status codes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import logging
 import math
@@ -133,6 +135,9 @@ def interpret_params(message: common_pb2.InterpretParams, n_classes: int | None 
     mode = enum_value(common_pb2.TargetMode, message.target_mode, "params.target_mode")
     params = InterpretParams()
     if message.HasField("target_layer"):
+        if not 0 < len(message.target_layer) <= 200:
+            raise InvalidArgument(f"give a layer name of 1-200 characters (from model.named_modules()), got "
+                                  f"{quote(message.target_layer)}", field="params.target_layer")
         params.target_layer = message.target_layer
     if mode == common_pb2.TARGET_MODE_LABEL:
         params.target = "label"
@@ -289,7 +294,31 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         run_id = validate_id(request.run_id, "run_id") if request.run_id else None
         states = [PROTO_TO_STATE[enum_value(jobs_pb2.JobState, s, "states")] for s in request.states if s] or None
         records = await asyncio.to_thread(self.jobs.list, run_id=run_id, kind=request.kind or None, states=states)
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in records])
+        shown, token = page(records, lambda r: [r.created, r.job_id], request.page_size, request.page_token)
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in shown], next_page_token=token)
+
+
+def page(items: list, key: Callable[[Any], list], page_size: int, page_token: str) -> tuple[list, str]:
+    """One page of `items` (sorted by `key`) after the item a page_token names, and the next token.
+
+    A token is the key of the last item shown (opaque base64 JSON), so items added meanwhile
+    neither repeat nor shift a page."""
+    from i2x.limits import max_page_size
+
+    limit = max_page_size()
+    size = limit if page_size <= 0 else min(int(page_size), limit)
+    start = 0
+    if page_token:
+        try:
+            after = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+            start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+        except (ValueError, TypeError):
+            raise InvalidArgument(f"{quote(page_token)} is not a next_page_token of this list; pass the "
+                                  "previous reply's next_page_token or \"\"", field="page_token") from None
+    shown = items[start:start + size]
+    more = start + size < len(items)
+    token = base64.urlsafe_b64encode(json.dumps(key(shown[-1])).encode()).decode() if shown and more else ""
+    return shown, token
 
 
 JobFactory = Callable[[str, dict], Callable[[JobContext], dict | None]]
@@ -311,14 +340,17 @@ class StageServicer:
     def job_function(self, kind: str, run_id: str, params: dict) -> Callable[[JobContext], dict | None] | None:
         raise NotImplementedError
 
-    async def start(self, kind: str, run_id: str, params: dict) -> jobs_pb2.Job:
+    async def start(self, kind: str, run_id: str, params: dict, request_id: str = "") -> jobs_pb2.Job:
         await asyncio.to_thread(stages.get_run, self.store, run_id)  # unknown run -> NOT_FOUND now
         limit = max_jobs()
         if self.jobs.active_count() >= limit:
             raise ResourceExhausted(f"this service already holds {limit} unfinished jobs (I2X_MAX_JOBS); wait for "
                                     "some to finish or cancel some, then start again", field="job")
         fn = self.job_function(kind, run_id, params)
-        record = await asyncio.to_thread(self.jobs.submit, kind, run_id, params, fn)
+        if request_id:
+            check_id_length(request_id, "request_id")
+        record = await asyncio.to_thread(functools.partial(self.jobs.submit, kind, run_id, params, fn,
+                                                           request_id=request_id))
         return job_to_proto(record)
 
     def recover(self) -> list[str]:

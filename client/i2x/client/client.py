@@ -201,10 +201,11 @@ class Client:
     def train(self, run_id: str) -> Job:
         return self._job("training", "StartTraining", training_pb2.StartTrainingRequest(run_id=run_id))
 
-    def register_checkpoints(self, run_id: str, checkpoints: dict[int, str | Path]) -> Job:
+    def register_checkpoints(self, run_id: str, checkpoints: dict[int, str | Path], *, overwrite: bool = False) -> Job:
         """{step: source}: a str is a key already in the store; a pathlib.Path (or a 'file://PATH'
         string) is a local safetensors file, uploaded to uploads/<run_id>/step-<step>.safetensors
-        first (the services read only the store)."""
+        first (the services read only the store). overwrite: replace the checkpoints of a run that
+        has some, removing the results derived from them (else FAILED_PRECONDITION)."""
         refs = []
         for step, source in sorted(checkpoints.items()):
             if isinstance(source, str) and source.startswith("file://"):
@@ -215,13 +216,20 @@ class Client:
                 self.store.put_bytes(key, source.read_bytes())
             refs.append(training_pb2.CheckpointRef(step=int(step), key=key))
         return self._job("training", "RegisterCheckpoints",
-                         training_pb2.RegisterCheckpointsRequest(run_id=run_id, checkpoints=refs))
+                         training_pb2.RegisterCheckpointsRequest(run_id=run_id, checkpoints=refs, overwrite=overwrite))
 
     def get_run(self, run_id: str) -> Run:
         return Run.from_proto(self._call("training", None, "GetRun", training_pb2.GetRunRequest(run_id=run_id)))
 
     def list_runs(self) -> list[str]:
-        return list(self._call("training", None, "ListRuns", training_pb2.ListRunsRequest()).run_ids)
+        """Every run id, sorted (all pages)."""
+        run_ids, token = [], ""
+        while True:
+            reply = self._call("training", None, "ListRuns", training_pb2.ListRunsRequest(page_token=token))
+            run_ids += reply.run_ids
+            token = reply.next_page_token
+            if not token:
+                return run_ids
 
     def finetune(self, run_id: str, **params) -> Job:
         return self._job("training", "StartFinetune",

@@ -26,7 +26,7 @@ from i2x.v1 import common_pb2 as i2x_dot_v1_dot_common__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17i2x/v1/clustering.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"Q\n\x16StartPrototypesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.i2x.v1.PrototypeParams\"Y\n StartConfidenceClusteringRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.i2x.v1.ClusterParams2\xa7\x01\n\x11\x43lusteringService\x12>\n\x0fStartPrototypes\x12\x1e.i2x.v1.StartPrototypesRequest\x1a\x0b.i2x.v1.Job\x12R\n\x19StartConfidenceClustering\x12(.i2x.v1.StartConfidenceClusteringRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17i2x/v1/clustering.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"e\n\x16StartPrototypesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.i2x.v1.PrototypeParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"m\n StartConfidenceClusteringRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.i2x.v1.ClusterParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t2\xa7\x01\n\x11\x43lusteringService\x12>\n\x0fStartPrototypes\x12\x1e.i2x.v1.StartPrototypesRequest\x1a\x0b.i2x.v1.Job\x12R\n\x19StartConfidenceClustering\x12(.i2x.v1.StartConfidenceClusteringRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'i2x.v1.clustering_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTPROTOTYPESREQUEST']._serialized_start=75
-  _globals['_STARTPROTOTYPESREQUEST']._serialized_end=156
-  _globals['_STARTCONFIDENCECLUSTERINGREQUEST']._serialized_start=158
-  _globals['_STARTCONFIDENCECLUSTERINGREQUEST']._serialized_end=247
-  _globals['_CLUSTERINGSERVICE']._serialized_start=250
-  _globals['_CLUSTERINGSERVICE']._serialized_end=417
+  _globals['_STARTPROTOTYPESREQUEST']._serialized_end=176
+  _globals['_STARTCONFIDENCECLUSTERINGREQUEST']._serialized_start=178
+  _globals['_STARTCONFIDENCECLUSTERINGREQUEST']._serialized_end=287
+  _globals['_CLUSTERINGSERVICE']._serialized_start=290
+  _globals['_CLUSTERINGSERVICE']._serialized_end=457
 # @@protoc_insertion_point(module_scope)

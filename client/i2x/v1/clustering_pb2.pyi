@@ -8,17 +8,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartPrototypesRequest(_message.Message):
-    __slots__ = ("run_id", "params")
+    __slots__ = ("run_id", "params", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     params: _common_pb2.PrototypeParams
-    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.PrototypeParams, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.PrototypeParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class StartConfidenceClusteringRequest(_message.Message):
-    __slots__ = ("run_id", "params")
+    __slots__ = ("run_id", "params", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     params: _common_pb2.ClusterParams
-    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.ClusterParams, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.ClusterParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -26,45 +26,45 @@ from i2x.v1 import common_pb2 as i2x_dot_v1_dot_common__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18i2x/v1/explanation.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"P\n\x17StartExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.i2x.v1.ExplainParams\"\'\n\x15GetExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xc8\x01\n\x12\x45xplanationSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x0c\n\x04pair\x18\x03 \x03(\x05\x12 \n\x13uncertain_prototype\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05steps\x18\x05 \x03(\x03\x12\x16\n\x0enum_prototypes\x18\x06 \x01(\x05\x12\x0b\n\x03key\x18\x07 \x01(\t\x12\x15\n\rartifact_keys\x18\x08 \x03(\tB\x16\n\x14_uncertain_prototype\"A\n\x1aGetClassExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\"]\n\x10SpecializedGroup\x12\r\n\x05group\x18\x01 \x01(\x05\x12\x12\n\nprototypes\x18\x02 \x03(\x05\x12\x11\n\tfractions\x18\x03 \x03(\x01\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x05\"/\n\x08Opponent\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"_\n\x10\x44rivingPrototype\x12\x11\n\tprototype\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12(\n\x0eseparates_from\x18\x03 \x03(\x0b\x32\x10.i2x.v1.Opponent\"y\n\rKeyCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x11\n\tnext_step\x18\x02 \x01(\x03\x12\x19\n\x11\x63onfidence_change\x18\x03 \x01(\x01\x12,\n\nprototypes\x18\x04 \x03(\x0b\x32\x18.i2x.v1.DrivingPrototype\"\xfc\x01\n\x10\x43lassExplanation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x05\x12\x19\n\x11shared_prototypes\x18\x05 \x03(\x05\x12-\n\x0bspecialized\x18\x06 \x03(\x0b\x32\x18.i2x.v1.SpecializedGroup\x12.\n\x0fkey_checkpoints\x18\x07 \x03(\x0b\x32\x15.i2x.v1.KeyCheckpoint\x12\x12\n\nstatements\x18\x08 \x03(\t\x12\x0c\n\x04json\x18\t \x01(\t\"6\n\x16GetPairAnalysisRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04pair\x18\x02 \x03(\x05\"\xd5\x01\n\rPrototypeRole\x12\x11\n\tprototype\x18\x01 \x01(\x05\x12)\n\x07verdict\x18\x02 \x01(\x0e\x32\x18.i2x.v1.PrototypeVerdict\x12\x0f\n\x07\x66\x61vours\x18\x03 \x01(\x05\x12\r\n\x05\x66lips\x18\x04 \x01(\x05\x12\x19\n\x11unsupported_flips\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x12\n\npresence_a\x18\x07 \x01(\x01\x12\x12\n\npresence_b\x18\x08 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\t \x03(\x01\"\xac\x02\n\x0cPairAnalysis\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lass_a\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lass_b\x18\x03 \x01(\x05\x12\r\n\x05names\x18\x04 \x03(\t\x12\r\n\x05steps\x18\x05 \x03(\x03\x12)\n\nprototypes\x18\x06 \x03(\x0b\x32\x15.i2x.v1.PrototypeRole\x12\x1c\n\x14uncertain_prototypes\x18\x07 \x03(\x05\x12\x1b\n\x13reliable_prototypes\x18\x08 \x03(\x05\x12 \n\x13uncertain_prototype\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x61_to_b\x18\n \x01(\x03\x12\x0e\n\x06\x62_to_a\x18\x0b \x01(\x03\x12\x0c\n\x04json\x18\x0c \x01(\tB\x16\n\x14_uncertain_prototype\"y\n\rCurateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tprototype\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x05scope\x18\x03 \x01(\x0e\x32\x15.i2x.v1.CurationScope\x12\x0c\n\x04pair\x18\x04 \x03(\x05\x42\x0c\n\n_prototype\"\xb8\x01\n\x0e\x43urationResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprototype\x18\x02 \x01(\x05\x12\x13\n\x0bsize_before\x18\x03 \x01(\x03\x12\x12\n\nsize_after\x18\x04 \x01(\x03\x12\x19\n\x11removed_per_class\x18\x05 \x03(\x03\x12\x0b\n\x03key\x18\x06 \x01(\t\x12$\n\x05scope\x18\x07 \x01(\x0e\x32\x15.i2x.v1.CurationScope\x12\x0c\n\x04pair\x18\x08 \x03(\x05\"<\n\x12StartReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ompare_run_id\x18\x02 \x01(\t*\xb9\x01\n\x10PrototypeVerdict\x12!\n\x1dPROTOTYPE_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROTOTYPE_VERDICT_RELIABLE\x10\x01\x12\x1f\n\x1bPROTOTYPE_VERDICT_UNCERTAIN\x10\x02\x12!\n\x1dPROTOTYPE_VERDICT_COMPENSATED\x10\x03\x12\x1e\n\x1aPROTOTYPE_VERDICT_INACTIVE\x10\x04\x32\xb2\x03\n\x12\x45xplanationService\x12@\n\x10StartExplanation\x12\x1f.i2x.v1.StartExplanationRequest\x1a\x0b.i2x.v1.Job\x12K\n\x0eGetExplanation\x12\x1d.i2x.v1.GetExplanationRequest\x1a\x1a.i2x.v1.ExplanationSummary\x12S\n\x13GetClassExplanation\x12\".i2x.v1.GetClassExplanationRequest\x1a\x18.i2x.v1.ClassExplanation\x12G\n\x0fGetPairAnalysis\x12\x1e.i2x.v1.GetPairAnalysisRequest\x1a\x14.i2x.v1.PairAnalysis\x12\x37\n\x06\x43urate\x12\x15.i2x.v1.CurateRequest\x1a\x16.i2x.v1.CurationResult\x12\x36\n\x0bStartReport\x12\x1a.i2x.v1.StartReportRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18i2x/v1/explanation.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"d\n\x17StartExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x06params\x18\x02 \x01(\x0b\x32\x15.i2x.v1.ExplainParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"\'\n\x15GetExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xc8\x01\n\x12\x45xplanationSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x0c\n\x04pair\x18\x03 \x03(\x05\x12 \n\x13uncertain_prototype\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05steps\x18\x05 \x03(\x03\x12\x16\n\x0enum_prototypes\x18\x06 \x01(\x05\x12\x0b\n\x03key\x18\x07 \x01(\t\x12\x15\n\rartifact_keys\x18\x08 \x03(\tB\x16\n\x14_uncertain_prototype\"A\n\x1aGetClassExplanationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\"]\n\x10SpecializedGroup\x12\r\n\x05group\x18\x01 \x01(\x05\x12\x12\n\nprototypes\x18\x02 \x03(\x05\x12\x11\n\tfractions\x18\x03 \x03(\x01\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x05\"/\n\x08Opponent\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"_\n\x10\x44rivingPrototype\x12\x11\n\tprototype\x18\x01 \x01(\x05\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12(\n\x0eseparates_from\x18\x03 \x03(\x0b\x32\x10.i2x.v1.Opponent\"y\n\rKeyCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x11\n\tnext_step\x18\x02 \x01(\x03\x12\x19\n\x11\x63onfidence_change\x18\x03 \x01(\x01\x12,\n\nprototypes\x18\x04 \x03(\x0b\x32\x18.i2x.v1.DrivingPrototype\"\xfc\x01\n\x10\x43lassExplanation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x05\x12\x19\n\x11shared_prototypes\x18\x05 \x03(\x05\x12-\n\x0bspecialized\x18\x06 \x03(\x0b\x32\x18.i2x.v1.SpecializedGroup\x12.\n\x0fkey_checkpoints\x18\x07 \x03(\x0b\x32\x15.i2x.v1.KeyCheckpoint\x12\x12\n\nstatements\x18\x08 \x03(\t\x12\x0c\n\x04json\x18\t \x01(\t\"6\n\x16GetPairAnalysisRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04pair\x18\x02 \x03(\x05\"\xd5\x01\n\rPrototypeRole\x12\x11\n\tprototype\x18\x01 \x01(\x05\x12)\n\x07verdict\x18\x02 \x01(\x0e\x32\x18.i2x.v1.PrototypeVerdict\x12\x0f\n\x07\x66\x61vours\x18\x03 \x01(\x05\x12\r\n\x05\x66lips\x18\x04 \x01(\x05\x12\x19\n\x11unsupported_flips\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x12\n\npresence_a\x18\x07 \x01(\x01\x12\x12\n\npresence_b\x18\x08 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\t \x03(\x01\"\xac\x02\n\x0cPairAnalysis\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lass_a\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lass_b\x18\x03 \x01(\x05\x12\r\n\x05names\x18\x04 \x03(\t\x12\r\n\x05steps\x18\x05 \x03(\x03\x12)\n\nprototypes\x18\x06 \x03(\x0b\x32\x15.i2x.v1.PrototypeRole\x12\x1c\n\x14uncertain_prototypes\x18\x07 \x03(\x05\x12\x1b\n\x13reliable_prototypes\x18\x08 \x03(\x05\x12 \n\x13uncertain_prototype\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x61_to_b\x18\n \x01(\x03\x12\x0e\n\x06\x62_to_a\x18\x0b \x01(\x03\x12\x0c\n\x04json\x18\x0c \x01(\tB\x16\n\x14_uncertain_prototype\"y\n\rCurateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tprototype\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12$\n\x05scope\x18\x03 \x01(\x0e\x32\x15.i2x.v1.CurationScope\x12\x0c\n\x04pair\x18\x04 \x03(\x05\x42\x0c\n\n_prototype\"\xb8\x01\n\x0e\x43urationResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tprototype\x18\x02 \x01(\x05\x12\x13\n\x0bsize_before\x18\x03 \x01(\x03\x12\x12\n\nsize_after\x18\x04 \x01(\x03\x12\x19\n\x11removed_per_class\x18\x05 \x03(\x03\x12\x0b\n\x03key\x18\x06 \x01(\t\x12$\n\x05scope\x18\x07 \x01(\x0e\x32\x15.i2x.v1.CurationScope\x12\x0c\n\x04pair\x18\x08 \x03(\x05\"P\n\x12StartReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ompare_run_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t*\xb9\x01\n\x10PrototypeVerdict\x12!\n\x1dPROTOTYPE_VERDICT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROTOTYPE_VERDICT_RELIABLE\x10\x01\x12\x1f\n\x1bPROTOTYPE_VERDICT_UNCERTAIN\x10\x02\x12!\n\x1dPROTOTYPE_VERDICT_COMPENSATED\x10\x03\x12\x1e\n\x1aPROTOTYPE_VERDICT_INACTIVE\x10\x04\x32\xb2\x03\n\x12\x45xplanationService\x12@\n\x10StartExplanation\x12\x1f.i2x.v1.StartExplanationRequest\x1a\x0b.i2x.v1.Job\x12K\n\x0eGetExplanation\x12\x1d.i2x.v1.GetExplanationRequest\x1a\x1a.i2x.v1.ExplanationSummary\x12S\n\x13GetClassExplanation\x12\".i2x.v1.GetClassExplanationRequest\x1a\x18.i2x.v1.ClassExplanation\x12G\n\x0fGetPairAnalysis\x12\x1e.i2x.v1.GetPairAnalysisRequest\x1a\x14.i2x.v1.PairAnalysis\x12\x37\n\x06\x43urate\x12\x15.i2x.v1.CurateRequest\x1a\x16.i2x.v1.CurationResult\x12\x36\n\x0bStartReport\x12\x1a.i2x.v1.StartReportRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'i2x.v1.explanation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOTYPEVERDICT']._serialized_start=2036
-  _globals['_PROTOTYPEVERDICT']._serialized_end=2221
+  _globals['_PROTOTYPEVERDICT']._serialized_start=2076
+  _globals['_PROTOTYPEVERDICT']._serialized_end=2261
   _globals['_STARTEXPLANATIONREQUEST']._serialized_start=76
-  _globals['_STARTEXPLANATIONREQUEST']._serialized_end=156
-  _globals['_GETEXPLANATIONREQUEST']._serialized_start=158
-  _globals['_GETEXPLANATIONREQUEST']._serialized_end=197
-  _globals['_EXPLANATIONSUMMARY']._serialized_start=200
-  _globals['_EXPLANATIONSUMMARY']._serialized_end=400
-  _globals['_GETCLASSEXPLANATIONREQUEST']._serialized_start=402
-  _globals['_GETCLASSEXPLANATIONREQUEST']._serialized_end=467
-  _globals['_SPECIALIZEDGROUP']._serialized_start=469
-  _globals['_SPECIALIZEDGROUP']._serialized_end=562
-  _globals['_OPPONENT']._serialized_start=564
-  _globals['_OPPONENT']._serialized_end=611
-  _globals['_DRIVINGPROTOTYPE']._serialized_start=613
-  _globals['_DRIVINGPROTOTYPE']._serialized_end=708
-  _globals['_KEYCHECKPOINT']._serialized_start=710
-  _globals['_KEYCHECKPOINT']._serialized_end=831
-  _globals['_CLASSEXPLANATION']._serialized_start=834
-  _globals['_CLASSEXPLANATION']._serialized_end=1086
-  _globals['_GETPAIRANALYSISREQUEST']._serialized_start=1088
-  _globals['_GETPAIRANALYSISREQUEST']._serialized_end=1142
-  _globals['_PROTOTYPEROLE']._serialized_start=1145
-  _globals['_PROTOTYPEROLE']._serialized_end=1358
-  _globals['_PAIRANALYSIS']._serialized_start=1361
-  _globals['_PAIRANALYSIS']._serialized_end=1661
-  _globals['_CURATEREQUEST']._serialized_start=1663
-  _globals['_CURATEREQUEST']._serialized_end=1784
-  _globals['_CURATIONRESULT']._serialized_start=1787
-  _globals['_CURATIONRESULT']._serialized_end=1971
-  _globals['_STARTREPORTREQUEST']._serialized_start=1973
-  _globals['_STARTREPORTREQUEST']._serialized_end=2033
-  _globals['_EXPLANATIONSERVICE']._serialized_start=2224
-  _globals['_EXPLANATIONSERVICE']._serialized_end=2658
+  _globals['_STARTEXPLANATIONREQUEST']._serialized_end=176
+  _globals['_GETEXPLANATIONREQUEST']._serialized_start=178
+  _globals['_GETEXPLANATIONREQUEST']._serialized_end=217
+  _globals['_EXPLANATIONSUMMARY']._serialized_start=220
+  _globals['_EXPLANATIONSUMMARY']._serialized_end=420
+  _globals['_GETCLASSEXPLANATIONREQUEST']._serialized_start=422
+  _globals['_GETCLASSEXPLANATIONREQUEST']._serialized_end=487
+  _globals['_SPECIALIZEDGROUP']._serialized_start=489
+  _globals['_SPECIALIZEDGROUP']._serialized_end=582
+  _globals['_OPPONENT']._serialized_start=584
+  _globals['_OPPONENT']._serialized_end=631
+  _globals['_DRIVINGPROTOTYPE']._serialized_start=633
+  _globals['_DRIVINGPROTOTYPE']._serialized_end=728
+  _globals['_KEYCHECKPOINT']._serialized_start=730
+  _globals['_KEYCHECKPOINT']._serialized_end=851
+  _globals['_CLASSEXPLANATION']._serialized_start=854
+  _globals['_CLASSEXPLANATION']._serialized_end=1106
+  _globals['_GETPAIRANALYSISREQUEST']._serialized_start=1108
+  _globals['_GETPAIRANALYSISREQUEST']._serialized_end=1162
+  _globals['_PROTOTYPEROLE']._serialized_start=1165
+  _globals['_PROTOTYPEROLE']._serialized_end=1378
+  _globals['_PAIRANALYSIS']._serialized_start=1381
+  _globals['_PAIRANALYSIS']._serialized_end=1681
+  _globals['_CURATEREQUEST']._serialized_start=1683
+  _globals['_CURATEREQUEST']._serialized_end=1804
+  _globals['_CURATIONRESULT']._serialized_start=1807
+  _globals['_CURATIONRESULT']._serialized_end=1991
+  _globals['_STARTREPORTREQUEST']._serialized_start=1993
+  _globals['_STARTREPORTREQUEST']._serialized_end=2073
+  _globals['_EXPLANATIONSERVICE']._serialized_start=2264
+  _globals['_EXPLANATIONSERVICE']._serialized_end=2698
 # @@protoc_insertion_point(module_scope)

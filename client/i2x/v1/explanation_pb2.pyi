@@ -23,12 +23,14 @@ PROTOTYPE_VERDICT_COMPENSATED: PrototypeVerdict
 PROTOTYPE_VERDICT_INACTIVE: PrototypeVerdict
 
 class StartExplanationRequest(_message.Message):
-    __slots__ = ("run_id", "params")
+    __slots__ = ("run_id", "params", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     params: _common_pb2.ExplainParams
-    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.ExplainParams, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.ExplainParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetExplanationRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -219,9 +221,11 @@ class CurationResult(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., prototype: _Optional[int] = ..., size_before: _Optional[int] = ..., size_after: _Optional[int] = ..., removed_per_class: _Optional[_Iterable[int]] = ..., key: _Optional[str] = ..., scope: _Optional[_Union[_common_pb2.CurationScope, str]] = ..., pair: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StartReportRequest(_message.Message):
-    __slots__ = ("run_id", "compare_run_id")
+    __slots__ = ("run_id", "compare_run_id", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     COMPARE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     compare_run_id: str
-    def __init__(self, run_id: _Optional[str] = ..., compare_run_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., compare_run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

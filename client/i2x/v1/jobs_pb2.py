@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11i2x/v1/jobs.proto\x12\x06i2x.v1\"\xa7\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x1f\n\x05state\x18\x05 \x01(\x0e\x32\x10.i2x.v1.JobState\x12\x15\n\rprogress_done\x18\x06 \x01(\x03\x12\x16\n\x0eprogress_total\x18\x07 \x01(\x03\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x13\n\x0bresult_json\x18\x0b \x01(\t\x12\x13\n\x0bparams_json\x18\x0c \x01(\t\x12\x0f\n\x07\x63reated\x18\r \x01(\x01\x12\x0f\n\x07updated\x18\x0e \x01(\x01\x12\x11\n\tartifacts\x18\x0f \x03(\t\"\x89\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.i2x.v1.JobState\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"Q\n\x0fListJobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12 \n\x06states\x18\x03 \x03(\x0e\x32\x10.i2x.v1.JobState\"-\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.i2x.v1.Job*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe7\x01\n\x0bJobsService\x12,\n\x06GetJob\x12\x15.i2x.v1.GetJobRequest\x1a\x0b.i2x.v1.Job\x12\x37\n\x08WatchJob\x12\x17.i2x.v1.WatchJobRequest\x1a\x10.i2x.v1.JobEvent0\x01\x12\x32\n\tCancelJob\x12\x18.i2x.v1.CancelJobRequest\x1a\x0b.i2x.v1.Job\x12=\n\x08ListJobs\x12\x17.i2x.v1.ListJobsRequest\x1a\x18.i2x.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11i2x/v1/jobs.proto\x12\x06i2x.v1\"\xa7\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x1f\n\x05state\x18\x05 \x01(\x0e\x32\x10.i2x.v1.JobState\x12\x15\n\rprogress_done\x18\x06 \x01(\x03\x12\x16\n\x0eprogress_total\x18\x07 \x01(\x03\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x13\n\x0bresult_json\x18\x0b \x01(\t\x12\x13\n\x0bparams_json\x18\x0c \x01(\t\x12\x0f\n\x07\x63reated\x18\r \x01(\x01\x12\x0f\n\x07updated\x18\x0e \x01(\x01\x12\x11\n\tartifacts\x18\x0f \x03(\t\"\x89\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x05state\x18\x02 \x01(\x0e\x32\x10.i2x.v1.JobState\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"x\n\x0fListJobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12 \n\x06states\x18\x03 \x03(\x0e\x32\x10.i2x.v1.JobState\x12\x11\n\tpage_size\x18\x0e \x01(\x05\x12\x12\n\npage_token\x18\x0f \x01(\t\"F\n\x10ListJobsResponse\x12\x19\n\x04jobs\x18\x01 \x03(\x0b\x32\x0b.i2x.v1.Job\x12\x17\n\x0fnext_page_token\x18\x0f \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe7\x01\n\x0bJobsService\x12,\n\x06GetJob\x12\x15.i2x.v1.GetJobRequest\x1a\x0b.i2x.v1.Job\x12\x37\n\x08WatchJob\x12\x17.i2x.v1.WatchJobRequest\x1a\x10.i2x.v1.JobEvent0\x01\x12\x32\n\tCancelJob\x12\x18.i2x.v1.CancelJobRequest\x1a\x0b.i2x.v1.Job\x12=\n\x08ListJobs\x12\x17.i2x.v1.ListJobsRequest\x1a\x18.i2x.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'i2x.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=702
-  _globals['_JOBSTATE']._serialized_end=856
+  _globals['_JOBSTATE']._serialized_start=766
+  _globals['_JOBSTATE']._serialized_end=920
   _globals['_JOB']._serialized_start=30
   _globals['_JOB']._serialized_end=325
   _globals['_JOBEVENT']._serialized_start=328
@@ -44,9 +44,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELJOBREQUEST']._serialized_start=535
   _globals['_CANCELJOBREQUEST']._serialized_end=569
   _globals['_LISTJOBSREQUEST']._serialized_start=571
-  _globals['_LISTJOBSREQUEST']._serialized_end=652
-  _globals['_LISTJOBSRESPONSE']._serialized_start=654
-  _globals['_LISTJOBSRESPONSE']._serialized_end=699
-  _globals['_JOBSSERVICE']._serialized_start=859
-  _globals['_JOBSSERVICE']._serialized_end=1090
+  _globals['_LISTJOBSREQUEST']._serialized_end=691
+  _globals['_LISTJOBSRESPONSE']._serialized_start=693
+  _globals['_LISTJOBSRESPONSE']._serialized_end=763
+  _globals['_JOBSSERVICE']._serialized_start=923
+  _globals['_JOBSSERVICE']._serialized_end=1154
 # @@protoc_insertion_point(module_scope)

@@ -27,10 +27,12 @@ class CreateRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[_common_pb2.TrainConfig, _Mapping]] = ..., explanation_fraction: _Optional[float] = ..., explanation_seed: _Optional[int] = ..., overwrite: bool = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CheckpointRef(_message.Message):
     __slots__ = ("step", "key")
@@ -41,12 +43,16 @@ class CheckpointRef(_message.Message):
     def __init__(self, step: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
 
 class RegisterCheckpointsRequest(_message.Message):
-    __slots__ = ("run_id", "checkpoints")
+    __slots__ = ("run_id", "checkpoints", "request_id", "overwrite")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointRef]
-    def __init__(self, run_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    overwrite: bool
+    def __init__(self, run_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ..., request_id: _Optional[str] = ..., overwrite: bool = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -55,22 +61,30 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
-    __slots__ = ("run_ids",)
+    __slots__ = ("run_ids", "next_page_token")
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     run_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StartFinetuneRequest(_message.Message):
-    __slots__ = ("run_id", "params")
+    __slots__ = ("run_id", "params", "request_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     params: _common_pb2.FinetuneParams
-    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.FinetuneParams, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.FinetuneParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetFinetuneTableRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -32,13 +32,13 @@ class ClusteringServicer(StageServicer, clustering_pb2_grpc.ClusteringServiceSer
         run_id = run_id_of(request)
         params = prototype_params(request.params)
         await asyncio.to_thread(stages.list_checkpoints, self.store, run_id)  # no checkpoints: FAILED_PRECONDITION
-        return await self.start("prototypes", run_id, params.to_dict())
+        return await self.start("prototypes", run_id, params.to_dict(), request.request_id)
 
     async def StartConfidenceClustering(self, request, context):
         run_id = run_id_of(request)
         params = cluster_params(request.params)
         await asyncio.to_thread(self._require_interpretation, run_id)
-        return await self.start("confidence_clusters", run_id, params.to_dict())
+        return await self.start("confidence_clusters", run_id, params.to_dict(), request.request_id)
 
     def _require_interpretation(self, run_id: str) -> None:
         stages.get_run(self.store, run_id)

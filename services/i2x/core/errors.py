@@ -58,3 +58,7 @@ def check_fields(cls, data: dict, field: str) -> dict:
 
 class ResourceExhausted(I2XError):
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class AlreadyExists(I2XError):
+    grpc_code = "ALREADY_EXISTS"

@@ -302,11 +302,26 @@ def train_run(store: Store, run_id: str, *, progress: Progress = None, cancel=No
     return index
 
 
-def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[int, bytes | str]]) -> dict:
+# What a run's checkpoints produce: removed when its checkpoints are replaced (register overwrite).
+DERIVED_PREFIXES = ("checkpoints/", "evaluation/", "interpretation/", "clustering/", "explanation/", "curation/",
+                    "finetune/", "figures/", "report.html")
+
+
+def derived_results(store: Store, run_id: str) -> list[str]:
+    """The keys of the run that hang on its checkpoints (the checkpoints included), sorted."""
+    base = _key(run_id) + "/"
+    return [key for key in store.list(base) if key[len(base):].startswith(DERIVED_PREFIXES)]
+
+
+def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[int, bytes | str]], *,
+                         overwrite: bool = True) -> dict:
     """Bring your own run: (step, safetensors bytes or an existing key in the store) pairs.
 
     Each is loaded into the run's model to check its architecture, then stored under the run.
     Writes evaluation/final.npz (the last checkpoint on the test split) and checkpoints/index.json.
+    A run that has checkpoints or derived results already: overwrite=False refuses it,
+    overwrite=True removes all of them (derived_results) once the new checkpoints checked out,
+    so no later stage runs on results of the old checkpoints.
     """
     from i2x.models import build_model, checkpoint_to_bytes, load_weights, ModelSpec
 
@@ -325,6 +340,14 @@ def register_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[
         state, meta = _read_checkpoint(store, step, source)
         load_weights(model, state)
     summary = _evaluate_final(staged, run_id, model, record)
+    old = derived_results(store, run_id)
+    if old and not overwrite:
+        raise FailedPrecondition(f"run {run_id!r} already has checkpoints or results derived from them; pass "
+                                 "overwrite to replace them", field="overwrite")
+    sources = {source for _, source in items if isinstance(source, str)}
+    for key in old:  # the sources may lie under checkpoints/ themselves: those stay until read
+        if key not in sources:
+            store.delete(key)
     saved, written = [], []
     try:
         for step, source in items:
@@ -408,11 +431,16 @@ def _interpretation_params(store: Store, run_id: str, params: InterpretParams, l
         store.put_json(key, wanted)
 
 
-def check_layer(model: dict, layer: str) -> None:
-    """InvalidArgument(field="target_layer") unless `layer` names a module of the model spec `model`."""
+def check_layer(model: dict, layer: str, field: str = "target_layer") -> None:
+    """InvalidArgument(field) unless `layer` names a module of the model spec `model`."""
     from i2x.models import ModelSpec, build_model, resolve_layer
 
-    resolve_layer(build_model(ModelSpec.from_dict(model)), layer)
+    try:
+        resolve_layer(build_model(ModelSpec.from_dict(model)), layer)
+    except InvalidArgument as error:
+        if error.field != "target_layer":
+            raise
+        raise InvalidArgument(error.message, field=field) from None
 
 
 def _interpretation_started(store: Store, run_id: str) -> bool:

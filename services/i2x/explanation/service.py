@@ -50,13 +50,13 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
         record = await asyncio.to_thread(stages.get_run, self.store, run_id)
         params = explain_params(request.params, len(record.get("classes", [])) or None)
         await asyncio.to_thread(self._require_inputs, run_id)
-        return await self.start("explain", run_id, params.to_dict())
+        return await self.start("explain", run_id, params.to_dict(), request.request_id)
 
     async def StartReport(self, request, context):
         run_id = run_id_of(request)
         compare_run_id = validate_id(request.compare_run_id, "compare_run_id") if request.compare_run_id else None
         await asyncio.to_thread(self._require_report_inputs, run_id, compare_run_id)
-        return await self.start("report", run_id, {"compare_run_id": compare_run_id})
+        return await self.start("report", run_id, {"compare_run_id": compare_run_id}, request.request_id)
 
     def _require_report_inputs(self, run_id: str, compare_run_id: str | None) -> None:
         """The report explains a run: without explanation.json it would be figures of nothing."""

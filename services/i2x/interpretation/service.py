@@ -60,7 +60,7 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         record = await asyncio.to_thread(stages.get_run, self.store, run_id)
         params = interpret_params(request.params, len(record.get("classes", [])) or None)
         if params.target_layer:  # a wrong layer is refused now, not in every unit of the job
-            await asyncio.to_thread(stages.check_layer, record["model"], params.target_layer)
+            await asyncio.to_thread(stages.check_layer, record["model"], params.target_layer, "params.target_layer")
         if not record.get("checkpoints"):
             raise FailedPrecondition(f"run {run_id!r} has no checkpoints yet: train it or register checkpoints",
                                      field="run_id")
@@ -78,7 +78,7 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         job_params = params.to_dict()
         if steps and steps != known:
             job_params["steps"] = steps
-        return await self.start("interpret", run_id, job_params)
+        return await self.start("interpret", run_id, job_params, request.request_id)
 
     def _check_earlier_interpretation(self, run_id: str, steps: list[int]) -> None:
         """A run is interpreted at one set of steps: say so now rather than in a failed job."""

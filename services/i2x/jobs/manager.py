@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from i2x import config
-from i2x.core.errors import Cancelled, FailedPrecondition, I2XError, InvalidArgument, NotFound
+from i2x.core.errors import AlreadyExists, Cancelled, FailedPrecondition, I2XError, InvalidArgument, NotFound
 from i2x.storage.base import Store
 from i2x.storage.keys import validate_id
 
@@ -150,6 +150,14 @@ def _run_hook(job_id: str, hook: Callable[[], None]) -> None:
         log.exception("cancel hook of job %s failed", job_id)
 
 
+def request_job_id(kind: str, run_id: str, request_id: str) -> str:
+    """The job id of a start with a client's request_id: the same on every replica and retry."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{kind}\0{run_id}\0{request_id}".encode()).hexdigest()
+    return f"req-{digest[:32]}"
+
+
 def lease_seconds_setting() -> float:
     """I2X_JOB_LEASE_SECONDS as a positive number of seconds."""
     text = config.get("I2X_JOB_LEASE_SECONDS")
@@ -186,6 +194,7 @@ class JobManager:
                                             thread_name_prefix=f"i2x-job-{service}")
         self._new_id = job_id_factory or (lambda: uuid.uuid4().hex)
         self._lock = threading.RLock()
+        self._submit_lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}    # jobs this process runs (or ran)
         self._contexts: dict[str, JobContext] = {}
         self._futures: dict[str, Future] = {}
@@ -312,7 +321,10 @@ class JobManager:
             raise NotFound(f"no job {job_id!r} in service {self.service!r}", field="job_id") from None
 
     # -- public API ----------------------------------------------------------------------------
-    def submit(self, kind: str, run_id: str, params: dict, fn: JobFunction) -> JobRecord:
+    def submit(self, kind: str, run_id: str, params: dict, fn: JobFunction, *, request_id: str = "") -> JobRecord:
+        """Queue fn as a new job. request_id (a client's id of this start): a submit with the same
+        kind, run and request_id returns the first job instead of starting another (the same
+        params), or is AlreadyExists (other params)."""
         validate_id(kind, "kind")
         if run_id:
             validate_id(run_id, "run_id")
@@ -324,8 +336,23 @@ class JobManager:
         if self._closed:
             raise FailedPrecondition("the service is shutting down; submit the job again later",
                                      field="job")
+        if request_id:
+            validate_id(request_id, "request_id")
+            with self._submit_lock:  # one process: concurrent duplicates make one job
+                job_id = request_job_id(kind, run_id, request_id)
+                try:
+                    existing = self.get(job_id)
+                except NotFound:
+                    return self._submit(kind, run_id, params, fn, job_id)
+                if existing.params != params:
+                    raise AlreadyExists(f"request_id {request_id!r} already started job {job_id} with other "
+                                        "parameters; give a new request_id for a new job", field="request_id")
+                return existing
+        return self._submit(kind, run_id, params, fn, None)
+
+    def _submit(self, kind: str, run_id: str, params: dict, fn: JobFunction, job_id: str | None) -> JobRecord:
         now = time.time()
-        job_id = validate_id(self._new_id(), "job_id")
+        job_id = validate_id(job_id or self._new_id(), "job_id")
         record = JobRecord(job_id=job_id, service=self.service, kind=kind, run_id=run_id or "",
                            state="QUEUED", params=params, created=now, updated=now, message="queued",
                            owner=self.owner, heartbeat=now)
@@ -337,6 +364,15 @@ class JobManager:
         self._log_state(queued, None)
         self._start(record, fn)
         return queued
+
+    def by_request(self, kind: str, run_id: str, request_id: str) -> JobRecord | None:
+        """The job a start with this request_id made, or None."""
+        if not request_id:
+            return None
+        try:
+            return self.get(request_job_id(kind, run_id, validate_id(request_id, "request_id")))
+        except NotFound:
+            return None
 
     def active_count(self) -> int:
         """Jobs this instance holds that have not finished (queued or running)."""

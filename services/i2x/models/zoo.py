@@ -104,13 +104,15 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     if name and name in modules:
         return modules[name]
     names = [n for n in modules if n]
-    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
+    close = difflib.get_close_matches(str(name)[:200], names, n=5, cutoff=0.5)
     # Blocks (modules with children) are the usual choices; leaves would make the list very long.
     blocks = [n for n, m in model.named_modules() if n and any(True for _ in m.children())]
     shown = blocks if len(names) > 60 else names
     listing = ", ".join(shown[:60]) + (f", ... ({len(shown) - 60} more)" if len(shown) > 60 else "")
     hint = f"did you mean {close}? " if close else ""
-    raise InvalidArgument(f"no layer named {name!r} in {type(model).__name__}; {hint}valid names "
+    from i2x.limits import quote
+
+    raise InvalidArgument(f"no layer named {quote(name)} in {type(model).__name__}; {hint}valid names "
                           f"(from model.named_modules()) include: {listing}", field="target_layer")
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
-from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from i2x.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine import stages
 from i2x.engine.params import FinetuneParams
-from i2x.servicers import (StageServicer, count, dataset_spec, finetune_params, model_spec, number, run_id_of,
+from i2x.servicers import (StageServicer, count, dataset_spec, finetune_params, model_spec, number, page, run_id_of,
                            run_to_proto, stage_progress, train_config)
 from i2x.storage import run_key
 from i2x.storage.base import check_key
@@ -22,6 +23,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
     def __init__(self, store, jobs):
         super().__init__(store, jobs)
         self._cache: dict = {}  # built model and explanation set of recent runs (evaluate_checkpoint)
+        self._run_locks: dict[str, threading.Lock] = {}
+        self._run_locks_guard = threading.Lock()
 
     def job_function(self, kind, run_id, params):
         store = self.store
@@ -29,7 +32,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
             return lambda ctx: _train_summary(stages.train_run(store, run_id, **stage_progress(ctx)))
         if kind == "register":
             pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
-            return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs))
+            overwrite = bool(params.get("overwrite"))
+            return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs, overwrite=overwrite))
         if kind == "finetune":
             return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
                                                    **stage_progress(ctx))
@@ -45,8 +49,22 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
                                                     high=1.0, low_open=True)
         if request.HasField("explanation_seed"):
             kwargs["explanation_seed"] = count(request.explanation_seed, "explanation_seed", low=0, high=2**32 - 1)
-        await asyncio.to_thread(stages.create_run, self.store, run_id, **kwargs)
+        await asyncio.to_thread(self._create_run_once, run_id, kwargs)
         return run_to_proto(await asyncio.to_thread(stages.get_run, self.store, run_id))
+
+    def _create_run_once(self, run_id: str, kwargs: dict) -> None:
+        """create_run with one winner per run id in this process: concurrent CreateRun calls on a
+        new id wait for the first; the same settings then get its run, others ALREADY_EXISTS."""
+        with self._run_locks_guard:
+            lock = self._run_locks.setdefault(run_id, threading.Lock())
+        with lock:
+            existed = self.store.exists(run_key(run_id, "run.json"))
+            try:
+                stages.create_run(self.store, run_id, **kwargs)
+            except FailedPrecondition as error:
+                if existed and error.field == "run_id" and not kwargs.get("overwrite"):
+                    raise AlreadyExists(error.message, field="run_id") from None
+                raise
 
     async def StartTraining(self, request, context):
         run_id = run_id_of(request)
@@ -54,7 +72,7 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         if record.get("train") is None:
             raise FailedPrecondition(f"run {run_id!r} has no train config; create it with one or register "
                                      "checkpoints instead", field="run_id")
-        return await self.start("train", run_id, {})
+        return await self.start("train", run_id, {}, request.request_id)
 
     async def RegisterCheckpoints(self, request, context):
         run_id = run_id_of(request)
@@ -74,17 +92,28 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
                 raise NotFound(f"no object {ref.key!r} in the store {self.store.url}; upload the checkpoint "
                                "first (the SDK's register_checkpoints does)", field=f"checkpoints[{i}].key")
         params = {"checkpoints": [{"step": int(ref.step), "key": ref.key} for ref in request.checkpoints]}
-        return await self.start("register", run_id, params)
+        if request.overwrite:
+            params["overwrite"] = True
+        elif not await asyncio.to_thread(self.jobs.by_request, "register", run_id, request.request_id):
+            # (a retry of a start that already registered them is answered with its job by start())
+            derived = await asyncio.to_thread(stages.derived_results, self.store, run_id)
+            if derived:
+                raise FailedPrecondition(f"run {run_id!r} already has checkpoints or results derived from them "
+                                         f"({', '.join(derived[:4])}); pass overwrite to replace the checkpoints "
+                                         "and remove those results, or register into a new run", field="overwrite")
+        return await self.start("register", run_id, params, request.request_id)
 
     async def GetRun(self, request, context):
         return run_to_proto(await asyncio.to_thread(stages.get_run, self.store, run_id_of(request)))
 
     async def ListRuns(self, request, context):
-        return training_pb2.ListRunsResponse(run_ids=await asyncio.to_thread(stages.list_runs, self.store))
+        run_ids = await asyncio.to_thread(stages.list_runs, self.store)
+        shown, token = page(run_ids, lambda run_id: run_id, request.page_size, request.page_token)
+        return training_pb2.ListRunsResponse(run_ids=shown, next_page_token=token)
 
     async def StartFinetune(self, request, context):
         run_id = run_id_of(request)
-        return await self.start("finetune", run_id, finetune_params(request.params).to_dict())
+        return await self.start("finetune", run_id, finetune_params(request.params).to_dict(), request.request_id)
 
     async def GetFinetuneTable(self, request, context):
         run_id = run_id_of(request)
