@@ -54,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
             "job lease: a replica renews its jobs' heartbeat every lease/3 s; another replica takes "
             "over a job whose heartbeat is older than this"),
     Setting("I2X_LOG_LEVEL", "INFO", "logging level"),
+    Setting("I2X_MAX_CHECKPOINTS", "2000",
+            "CreateRun refuses a training that would take more checkpoints than this (INVALID_ARGUMENT)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -80,7 +80,24 @@ def test_ridge_2x2_by_hand():
     dP = np.eye(2)
     # dI^T dI = [[1,1],[1,2]]; + lam I (lam=1) = [[2,1],[1,3]], det 5, inverse 1/5 [[3,-1],[-1,2]]
     # dI^T dP = dI^T = [[1,0],[1,1]] ; W = 1/5 [[3-1, -1], [-1+2, 2]] = [[0.4,-0.2],[0.2,0.4]]
-    np.testing.assert_allclose(RidgeMapping(lam=1.0).fit(dI, dP).coef_, [[0.4, -0.2], [0.2, 0.4]])
+    np.testing.assert_allclose(RidgeMapping(lam=1.0, relative=False).fit(dI, dP).coef_, [[0.4, -0.2], [0.2, 0.4]])
+    # relative (default): lam_eff = lam x mean(diag) = lam x (1 + 2) / 2, so lam = 2/3 is the same system
+    relative = RidgeMapping(lam=2 / 3).fit(dI, dP)
+    assert relative.lam_effective_ == pytest.approx(1.0)
+    np.testing.assert_allclose(relative.coef_, [[0.4, -0.2], [0.2, 0.4]])
+
+
+def test_relative_ridge_scales_as_one_over_s():
+    rng = np.random.default_rng(3)
+    dI, dP = rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
+    base = RidgeMapping(0.5).fit(dI, dP).coef_
+    for s in (10.0, 0.1):
+        np.testing.assert_allclose(RidgeMapping(0.5).fit(s * dI, dP).coef_, base / s, rtol=1e-9)
+    # the absolute penalty does not: at s = 10 the penalty is relatively 100x weaker
+    absolute = RidgeMapping(0.5, relative=False)
+    assert not np.allclose(absolute.fit(10 * dI, dP).coef_, absolute.fit(dI, dP).coef_ / 10, rtol=1e-3)
+    # no intensity change at all: W = 0
+    np.testing.assert_array_equal(RidgeMapping().fit(np.zeros((3, 2)), np.ones((3, 2))).coef_, np.zeros((2, 2)))
 
 
 def test_ridge_matches_sklearn():
@@ -88,7 +105,8 @@ def test_ridge_matches_sklearn():
     dI, dP = rng.normal(size=(7, 4)), rng.normal(size=(7, 3))
     for lam in (0.01, 1.0, 25.0):
         reference = Ridge(alpha=lam, fit_intercept=False).fit(dI, dP).coef_.T  # sklearn stores (K, M)
-        np.testing.assert_allclose(RidgeMapping(lam).fit(dI, dP).coef_, reference, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(RidgeMapping(lam, relative=False).fit(dI, dP).coef_, reference, rtol=1e-8,
+                                   atol=1e-10)
 
 
 def test_ridge_no_clusters_and_bad_lambda():
@@ -113,10 +131,11 @@ def hand_case():
 
 def test_fit_dynamics_with_given_labels_by_hand():
     confidences, intensities, labels = hand_case()
-    result = fit_dynamics(confidences, intensities, [0, 40, 80], labels=labels, lam=1.0)
-    # step 0: dP = [[1,0],[0,1]], dI = [[1,1],[0,1]] -> the 2x2 ridge case above
+    result = fit_dynamics(confidences, intensities, [0, 40, 80], labels=labels, lam=2 / 3)
+    # step 0: dP = [[1,0],[0,1]], dI = [[1,1],[0,1]] -> the 2x2 ridge case above (lam_eff = 2/3 x 1.5 = 1)
     np.testing.assert_allclose(result.W[0], [[0.4, -0.2], [0.2, 0.4]], rtol=1e-6)
     np.testing.assert_array_equal(result.W[1], np.zeros((2, 2)))  # step 40: all noise
+    np.testing.assert_allclose(result.lam_effective, [1.0, 0.0])
     assert result.W.dtype == np.float32 and result.W.shape == (2, 2, 2)
     np.testing.assert_array_equal(result.steps, [0, 40])
     np.testing.assert_array_equal(result.n_clusters, [2, 0])

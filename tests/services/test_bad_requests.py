@@ -96,6 +96,10 @@ def test_negative_and_huge_parameters(client, run_id, tiny_dataset):
            model={"num_classes": 3}, dataset={"kind": "npz", "root": tiny_dataset}, train={"epochs": 10**8})
     expect(grpc.StatusCode.INVALID_ARGUMENT, "explanation_fraction", client.create_run, "other",
            model={"num_classes": 3}, dataset={"kind": "npz", "root": tiny_dataset}, explanation_fraction=1.5)
+    # 48 images / batch 8 = 6 iterations; a checkpoint every 100 gives 1: refused at the request
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "train.checkpoint_every", client.create_run, "other",
+           model={"num_classes": 3}, dataset={"kind": "npz", "root": tiny_dataset},
+           train={"preset": "tiny", "checkpoint_every": 100})
 
 
 def test_missing_checkpoint_key_and_bad_keys(client, run_id):

@@ -3,6 +3,10 @@
 Per consecutive checkpoint pair (t, t+1): confidence changes dp (Eq. 5) clustered with
 HDBSCAN (noise = -1), cluster aggregates dP_l and dI_l with the threshold tau (Eq. 6-7),
 and a ridge regression without intercept from dI to dP giving W_t (M x K) (Eq. 8).
+
+The ridge penalty is relative by default: lam_t = lam x mean(diag(dI_t^T dI_t)), so multiplying
+every saliency map by s multiplies each W_t by 1/s and changes no statement built on W (every
+rule in i2x.core.explain compares weights of one run with each other). docs/METHOD.md says why.
 """
 
 from __future__ import annotations
@@ -151,10 +155,17 @@ def cluster_aggregates(dp, di, labels, tau: float = 0.0) -> tuple[np.ndarray, np
 
 # -- Eq. 8 --------------------------------------------------------------------------------------
 class RidgeMapping:
-    """W = (dI^T dI + lam I)^-1 dI^T dP, no intercept: coef_ (M, K). No clusters -> zeros."""
+    """W = (dI^T dI + lam_eff I)^-1 dI^T dP, no intercept: coef_ (M, K). No clusters -> zeros.
 
-    def __init__(self, lam: float = 1.0):
+    relative=True (default): lam_eff = lam x mean(diag(dI^T dI)), the mean squared intensity
+    change per prototype, so the penalty has the unit of dI^T dI and W scales as 1/s when dI is
+    multiplied by s. dI all zero -> W = 0 (no intensity changed; nothing to map). relative=False:
+    lam_eff = lam (scikit-learn's Ridge(alpha=lam, fit_intercept=False)). lam_effective_ holds it.
+    """
+
+    def __init__(self, lam: float = 1.0, relative: bool = True):
         self.lam = lam
+        self.relative = relative
 
     def fit(self, dI, dP) -> "RidgeMapping":
         lam = _check_lam(self.lam)
@@ -164,11 +175,14 @@ class RidgeMapping:
             raise InvalidArgument(f"dI {dI.shape} and dP {dP.shape} must have the same number of clusters L",
                                   field="dP")
         m = dI.shape[1]
-        if dI.shape[0] == 0:
+        gram = dI.T @ dI
+        scale = float(np.trace(gram)) / m if m else 0.0
+        self.lam_effective_ = lam * scale if self.relative else lam
+        if dI.shape[0] == 0 or self.lam_effective_ <= 0:
             self.coef_ = np.zeros((m, dP.shape[1]), dtype=np.float64)
             return self
-        # lam > 0 makes the M x M system positive definite, so solve() is safe.
-        self.coef_ = np.linalg.solve(dI.T @ dI + lam * np.eye(m), dI.T @ dP)
+        # lam_effective_ > 0 makes the M x M system positive definite, so solve() is safe.
+        self.coef_ = np.linalg.solve(gram + self.lam_effective_ * np.eye(m), dI.T @ dP)
         return self
 
     def predict(self, dI) -> np.ndarray:
@@ -186,15 +200,18 @@ class DynamicsResult:
     cluster_step: np.ndarray   # (S,) int64, the step t each aggregate row belongs to
     cluster_label: np.ndarray  # (S,) int32, the HDBSCAN label of that row's cluster
     n_clusters: np.ndarray     # (T-1,) int64, L per step
+    lam_effective: np.ndarray | None = None  # (T-1,) float64, the ridge penalty used per step
 
 
 def fit_dynamics(confidences, intensities, steps, *, min_cluster_size: int = 5, min_samples: int | None = None,
                  tau: float = 0.0, lam: float = 1.0, labels=None,
-                 cluster_selection_epsilon: float = 0.0) -> DynamicsResult:
+                 cluster_selection_epsilon: float = 0.0, relative_lam: bool = True) -> DynamicsResult:
     """Eq. 5-8 over every consecutive pair of checkpoints.
 
     confidences (T, N, K), intensities (T, N, M), steps (T,) strictly increasing checkpoint steps.
     labels: precomputed HDBSCAN labels (T-1, N); when None they are computed here.
+    relative_lam: lam is relative to mean(diag(dI_t^T dI_t)) (RidgeMapping), so W does not depend
+    on the unit of saliency except for a common factor.
     """
     tau = _check_tau(tau)
     lam = _check_lam(lam)
@@ -228,9 +245,12 @@ def fit_dynamics(confidences, intensities, steps, *, min_cluster_size: int = 5, 
     n_prototypes, n_classes = di.shape[2], dp.shape[2]
     W = np.zeros((n_pairs, n_prototypes, n_classes), dtype=np.float32)
     dPs, dIs, cluster_step, cluster_label, n_clusters = [], [], [], [], []
+    lam_effective = np.zeros(n_pairs, dtype=np.float64)
     for t in range(n_pairs):
         dP_t, dI_t, ids = cluster_aggregates(dp[t], di[t], labels[t], tau)
-        W[t] = RidgeMapping(lam).fit(dI_t, dP_t).coef_
+        ridge = RidgeMapping(lam, relative=relative_lam).fit(dI_t, dP_t)
+        W[t] = ridge.coef_
+        lam_effective[t] = ridge.lam_effective_
         dPs.append(dP_t)
         dIs.append(dI_t)
         cluster_step.append(np.full(len(ids), steps[t], dtype=np.int64))
@@ -245,4 +265,5 @@ def fit_dynamics(confidences, intensities, steps, *, min_cluster_size: int = 5, 
         cluster_step=np.concatenate(cluster_step) if cluster_step else np.zeros(0, dtype=np.int64),
         cluster_label=np.concatenate(cluster_label) if cluster_label else np.zeros(0, dtype=np.int32),
         n_clusters=np.asarray(n_clusters, dtype=np.int64),
+        lam_effective=lam_effective,
     )

@@ -1,9 +1,11 @@
 """Structured explanations (paper 2.6, 3.3-3.5); the definitions are in docs/METHOD.md.
 
 Per class: shared and specialized prototypes, key checkpoints and, at each, the classes the
-driving prototypes separate the class from. Per pair: each prototype's contribution
+driving prototypes separate the class from, each with its support (the share of the class's
+samples holding the prototype). Per pair: each prototype's contribution
 D_t[m] = W_t[m, a] - W_t[m, b] over steps, classified reliable / uncertain / compensated /
-inactive. The most confused pair, its uncertain prototype and the curated set.
+one-class / background / inactive. The most confused pair, the analysed pair, its uncertain
+prototype, the curated set (capped per class) and the sanity warnings.
 Every result is plain Python (ints, floats, lists, dicts) so it serialises to JSON as is.
 """
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from i2x.core.errors import InvalidArgument
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CURATION_SCOPES = ("all", "pair")
 
 
@@ -101,10 +103,28 @@ def _name(class_names, c: int) -> str:
     return str(class_names[c]) if class_names is not None else str(c)
 
 
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.0f}%"
+
+
+def _at_least(count, fraction: float, n: int) -> np.ndarray | bool:
+    """count >= ceil(fraction x n), on integers so that 1.0 means exactly "all"."""
+    return count >= int(np.ceil(fraction * n - 1e-9))
+
+
 # -- presence and the class's prototypes --------------------------------------------------------
 def presence(assignments, n_prototypes: int) -> np.ndarray:
     """presence[n, m]: prototype m occurs somewhere in sample n's assignment map. (N, h, w) -> bool (N, M)."""
     n_prototypes = _int_param(n_prototypes, "n_prototypes", 1)
+    assignments = _check_assignments(assignments, n_prototypes)
+    n = assignments.shape[0]
+    out = np.zeros((n, n_prototypes), dtype=bool)
+    rows = np.repeat(np.arange(n), assignments[0].size)
+    out[rows, assignments.reshape(-1)] = True
+    return out
+
+
+def _check_assignments(assignments, n_prototypes: int) -> np.ndarray:
     assignments = np.asarray(assignments)
     if assignments.ndim != 3 or not np.issubdtype(assignments.dtype, np.integer):
         raise InvalidArgument(f"expected integer assignment maps (N, h, w), got {assignments.dtype} "
@@ -112,11 +132,41 @@ def presence(assignments, n_prototypes: int) -> np.ndarray:
     if assignments.size and (assignments.min() < 0 or assignments.max() >= n_prototypes):
         raise InvalidArgument(f"prototype ids must lie in [0, {n_prototypes}), got "
                               f"[{int(assignments.min())}, {int(assignments.max())}]", field="assignments")
-    n = assignments.shape[0]
-    out = np.zeros((n, n_prototypes), dtype=bool)
-    rows = np.repeat(np.arange(n), assignments[0].size)
-    out[rows, assignments.reshape(-1)] = True
+    return assignments
+
+
+def prototype_area(assignments, prototype: int) -> np.ndarray:
+    """Per sample, the number of feature positions assigned to `prototype` (0 when absent). (N,) int64."""
+    assignments = np.asarray(assignments)
+    return (assignments.reshape(assignments.shape[0], -1) == int(prototype)).sum(axis=1).astype(np.int64)
+
+
+def class_presence(presence_, labels, n_classes: int) -> np.ndarray:
+    """(K, M): share of class c's samples that hold prototype m (0 for a class without samples)."""
+    presence_ = _check_presence(presence_)
+    labels = _check_labels(labels, presence_.shape[0])
+    out = np.zeros((n_classes, presence_.shape[1]), dtype=np.float64)
+    for c in range(n_classes):
+        members = labels == c
+        if members.any():
+            out[c] = presence_[members].mean(axis=0)
     return out
+
+
+def background_prototypes(presence_, labels, n_classes: int, sample_fraction: float = 0.9,
+                          class_fraction: float = 0.9) -> list[int]:
+    """Prototypes present in >= sample_fraction of the samples of >= class_fraction of the classes
+    (counted as ceil(fraction x count)): parts of every image (empty corners, the frame), not of a class."""
+    presence_ = _check_presence(presence_)
+    labels = _check_labels(labels, presence_.shape[0])
+    sample_fraction = _fraction(sample_fraction, "background_sample_fraction")
+    class_fraction = _fraction(class_fraction, "background_class_fraction")
+    common = np.zeros(presence_.shape[1], dtype=np.int64)
+    for c in range(n_classes):
+        members = np.flatnonzero(labels == c)
+        if members.size:
+            common += _at_least(presence_[members].sum(axis=0), sample_fraction, members.size)
+    return [int(m) for m in np.flatnonzero(_at_least(common, class_fraction, n_classes))]
 
 
 def shared_prototypes(presence_of_class, min_fraction: float = 1.0) -> list[int]:
@@ -125,10 +175,8 @@ def shared_prototypes(presence_of_class, min_fraction: float = 1.0) -> list[int]
     min_fraction = _fraction(min_fraction, "min_fraction")
     if presence_of_class.shape[0] == 0:
         raise InvalidArgument("the class has no samples", field="presence_of_class")
-    # Compare counts, not float fractions, so 1.0 means exactly "every sample".
     counts = presence_of_class.sum(axis=0)
-    needed = int(np.ceil(min_fraction * presence_of_class.shape[0] - 1e-9))
-    return [int(m) for m in np.flatnonzero(counts >= needed)]
+    return [int(m) for m in np.flatnonzero(_at_least(counts, min_fraction, presence_of_class.shape[0]))]
 
 
 def _group_samples(presence_of_class: np.ndarray, n_groups: int, method: str, random_state: int) -> np.ndarray:
@@ -147,18 +195,26 @@ def _group_samples(presence_of_class: np.ndarray, n_groups: int, method: str, ra
     return KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(presence_of_class.astype(float))
 
 
+def min_group_size_for(n_class_samples: int, min_group_size: int = 3, min_group_size_fraction: float = 0.1) -> int:
+    """The smallest sample group whose prototypes count as specialized: max(min_group_size,
+    ceil(min_group_size_fraction x n_c)). One image is an anecdote, not a sub-type of a class."""
+    return max(int(min_group_size), int(np.ceil(min_group_size_fraction * n_class_samples - 1e-9)))
+
+
 def specialized_prototypes(presence_of_class, shared, n_groups: int = 3, min_group_fraction: float = 0.5,
-                           random_state: int = 0, *, method: str = "jaccard") -> list[dict]:
-    """Cluster the class's samples by their presence vectors; per group, the non-shared prototypes
-    present in at least min_group_fraction of its members.
+                           random_state: int = 0, *, method: str = "jaccard", min_group_size: int = 1) -> list[dict]:
+    """Cluster the class's samples by their presence vectors; per group of at least min_group_size
+    members, the non-shared prototypes present in at least min_group_fraction of its members.
 
     method "jaccard": average-linkage agglomerative clustering on Jaccard distances (deterministic);
     "kmeans": KMeans on the 0/1 vectors seeded with random_state. n_groups is capped by the number
     of distinct presence vectors. Groups come largest first; "members" are row indices into
-    presence_of_class. Each group: {"members", "size", "prototypes", "fractions"}.
+    presence_of_class. Each group: {"members", "size", "prototypes", "fractions", "below_min_size"};
+    a group below min_group_size keeps its members but has no specialized prototypes.
     """
     presence_of_class = _check_presence(presence_of_class, "presence_of_class")
     n_groups = _int_param(n_groups, "n_groups", 1)
+    min_group_size = _int_param(min_group_size, "min_group_size", 1)
     min_group_fraction = _fraction(min_group_fraction, "min_group_fraction")
     if method not in ("jaccard", "kmeans"):
         raise InvalidArgument(f"must be 'jaccard' or 'kmeans', got {method!r}", field="method")
@@ -170,13 +226,15 @@ def specialized_prototypes(presence_of_class, shared, n_groups: int = 3, min_gro
     for g in np.unique(group_of):
         members = np.flatnonzero(group_of == g)
         counts = presence_of_class[members].sum(axis=0)
-        needed = int(np.ceil(min_group_fraction * len(members) - 1e-9))
-        protos = [int(m) for m in np.flatnonzero(counts >= needed) if int(m) not in shared_set]
+        small = len(members) < min_group_size
+        protos = [] if small else [int(m) for m in np.flatnonzero(_at_least(counts, min_group_fraction, len(members)))
+                                   if int(m) not in shared_set]
         groups.append({
             "members": [int(i) for i in members],
             "size": int(len(members)),
             "prototypes": protos,
             "fractions": [float(counts[m] / len(members)) for m in protos],
+            "below_min_size": bool(small),
         })
     groups.sort(key=lambda grp: (-grp["size"], grp["members"][0]))
     return groups
@@ -187,14 +245,16 @@ def class_explanation(c, *, presence, labels, confidences, W, steps, class_names
                       shared_min_fraction: float = 1.0, n_groups: int = 3, min_group_fraction: float = 0.5,
                       min_confidence_change: float = 0.01, weight_fraction: float = 0.5,
                       opponent_fraction: float = 0.5, min_weight: float = 0.0, group_method: str = "jaccard",
-                      random_state: int = 0) -> dict:
+                      random_state: int = 0, min_group_size: int = 3, min_group_size_fraction: float = 0.1,
+                      background=()) -> dict:
     """Shared and specialized prototypes of class c, its key checkpoints and what they separate.
 
     Key checkpoint: a pair (t, t+1) where the mean change of class-c confidence over class-c
     samples has |value| >= min_confidence_change AND at least one of the class's prototypes
-    (shared or specialized) drives it: |W_t[m, c]| > min_weight and >= weight_fraction x the
-    largest |W_t[m', c]| over all prototypes. For a driving prototype m, c' is separated from c
-    when W_t[m, c'] has the opposite sign and |W_t[m, c']| >= opponent_fraction x |W_t[m, c]|.
+    (shared or specialized, not background) drives it: |W_t[m, c]| > min_weight and >=
+    weight_fraction x the largest |W_t[m', c]| over all prototypes. For a driving prototype m, c' is
+    separated from c when W_t[m, c'] has the opposite sign and |W_t[m, c']| >= opponent_fraction x
+    |W_t[m, c]|. Every statement carries its support: the share of class c's samples holding m.
     """
     presence = _check_presence(presence)
     n, n_prototypes = presence.shape
@@ -214,22 +274,28 @@ def class_explanation(c, *, presence, labels, confidences, W, steps, class_names
     weight_fraction = _fraction(weight_fraction, "weight_fraction")
     opponent_fraction = _fraction(opponent_fraction, "opponent_fraction")
     min_weight = _non_negative(min_weight, "min_weight")
+    min_group_size = _int_param(min_group_size, "min_group_size", 1)
+    min_group_size_fraction = _fraction(min_group_size_fraction, "min_group_size_fraction", allow_zero=True)
     starts, ends = _pair_steps(steps, n_checkpoints - 1)
     members = _class_members(labels, c, n_classes)
 
     presence_c = presence[members]
+    support = presence_c.mean(axis=0)
     shared = shared_prototypes(presence_c, shared_min_fraction)
+    group_min = min_group_size_for(members.size, min_group_size, min_group_size_fraction)
     groups = specialized_prototypes(presence_c, shared, n_groups, min_group_fraction, random_state,
-                                    method=group_method)
+                                    method=group_method, min_group_size=group_min)
     for group in groups:  # report explanation-set indices, not rows of the class's sub-array
         group["members"] = [int(members[i]) for i in group["members"]]
     specialized = sorted({m for group in groups for m in group["prototypes"]})
-    class_protos = np.asarray(sorted(set(shared) | set(specialized)), dtype=np.int64)
+    background_set = {int(m) for m in background}
+    class_protos = np.asarray(sorted((set(shared) | set(specialized)) - background_set), dtype=np.int64)
 
     # Mean change of class-c confidence over class-c samples, per pair (t, t+1).
     mean_change = np.diff(confidences[:, members, c].astype(np.float64), axis=0).mean(axis=1)
 
-    key_checkpoints, statements = [], []
+    name_c = _name(class_names, c)
+    key_checkpoints, statements, details = [], [], []
     for t in range(n_checkpoints - 1):
         if abs(mean_change[t]) < min_confidence_change or class_protos.size == 0:
             continue
@@ -248,28 +314,35 @@ def class_explanation(c, *, presence, labels, confidences, W, steps, class_names
                 if other != c and np.sign(w_o) == -np.sign(w_c) and abs(w_o) >= opponent_fraction * abs(w_c):
                     opponents.append({"class": other, "weight": w_o})
             opponents.sort(key=lambda o: -abs(o["weight"]))
-            entries.append({"prototype": m, "weight": w_c, "separates_from": opponents})
+            entries.append({"prototype": m, "weight": w_c, "support": float(support[m]), "separates_from": opponents})
             for o in opponents:
-                statements.append(f"step {starts[t]}: P-{m} separates {_name(class_names, c)} "
-                                  f"from {_name(class_names, o['class'])}")
+                text = (f"step {starts[t]}: P-{m} (in {_pct(support[m])} of '{name_c}') separates '{name_c}' "
+                        f"from '{_name(class_names, o['class'])}'")
+                statements.append(text)
+                details.append({"step": starts[t], "prototype": m, "class": c, "opponent": int(o["class"]),
+                                "support": float(support[m]), "text": text})
         key_checkpoints.append({"index": t, "step": starts[t], "next_step": ends[t],
                                 "confidence_change": float(mean_change[t]), "prototypes": entries})
     return {
         "class": c,
-        "name": _name(class_names, c),
+        "name": name_c,
         "n_samples": int(members.size),
+        "presence": [float(v) for v in support],
         "shared": shared,
+        "min_group_size": int(group_min),
         "specialized": groups,
         "specialized_all": specialized,
         "confidence_change": [float(v) for v in mean_change],
         "key_checkpoints": key_checkpoints,
         "statements": statements,
+        "statement_details": details,
     }
 
 
 # -- pairs --------------------------------------------------------------------------------------
 def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_presence_fraction: float = 0.5,
-                  min_contribution_fraction: float = 0.1) -> dict:
+                  min_contribution_fraction: float = 0.1, min_shared_fraction: float = 0.25,
+                  background=()) -> dict:
     """Each relevant prototype's contribution D_t[m] = W_t[m, a] - W_t[m, b] (> 0 favours a).
 
     Relevant: present in >= min_presence_fraction of the samples of a or of b. A step is
@@ -277,8 +350,11 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
     the pair's relevant prototypes and steps. Over its significant steps a prototype is
     "inactive" (none), "reliable" (one sign throughout), "compensated" (the sign flips, and at
     every flip another relevant prototype is significant with the opposite sign, carrying the
-    decision) or "uncertain" (at least one unsupported flip). Uncertainty score: the sum of
-    |D_t[m]| / scale over unsupported flips.
+    decision) or "uncertain" (at least one unsupported flip). Uncertain and compensated need the
+    prototype to be shared by the pair: present in >= min_shared_fraction of a's samples AND of
+    b's; a flipping prototype of one class only is "one-class". A background prototype is
+    "background" whatever its signs. Uncertainty score: the sum of |D_t[m]| / scale over
+    unsupported flips.
     """
     presence = _check_presence(presence)
     n, n_prototypes = presence.shape
@@ -291,11 +367,18 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
         raise InvalidArgument(f"a pair needs two different classes, got a = b = {a}", field="b")
     min_presence_fraction = _fraction(min_presence_fraction, "min_presence_fraction")
     min_contribution_fraction = _fraction(min_contribution_fraction, "min_contribution_fraction")
+    min_shared_fraction = _fraction(min_shared_fraction, "min_shared_fraction")
     starts, _ = _pair_steps(steps, W.shape[0])
-    frac_a = presence[_class_members(labels, a, n_classes)].mean(axis=0)
-    frac_b = presence[_class_members(labels, b, n_classes)].mean(axis=0)
+    members_a = _class_members(labels, a, n_classes)
+    members_b = _class_members(labels, b, n_classes)
+    count_a, count_b = presence[members_a].sum(axis=0), presence[members_b].sum(axis=0)
+    frac_a, frac_b = count_a / members_a.size, count_b / members_b.size
+    background_set = {int(m) for m in background}
 
-    relevant = np.flatnonzero((frac_a >= min_presence_fraction - 1e-12) | (frac_b >= min_presence_fraction - 1e-12))
+    relevant = np.flatnonzero(_at_least(count_a, min_presence_fraction, members_a.size)
+                              | _at_least(count_b, min_presence_fraction, members_b.size))
+    shared_by_pair = _at_least(count_a, min_shared_fraction, members_a.size) \
+        & _at_least(count_b, min_shared_fraction, members_b.size)
     D = W[:, relevant, a].astype(np.float64) - W[:, relevant, b].astype(np.float64)  # (T-1, R)
     scale = float(np.abs(D).max()) if D.size else 0.0
     significant = (np.abs(D) > 0) & (np.abs(D) >= min_contribution_fraction * scale)
@@ -321,6 +404,10 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
             category = "uncertain"
         else:
             category = "compensated"
+        if int(m) in background_set:
+            category = "background"
+        elif category in ("uncertain", "compensated") and not shared_by_pair[m]:
+            category = "one-class"
         favours = None
         if category == "reliable":
             favours = a if sign[sig_steps[0], r] > 0 else b
@@ -330,6 +417,8 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
             "favours": favours,
             "presence_a": float(frac_a[m]),
             "presence_b": float(frac_b[m]),
+            "shared_by_pair": bool(shared_by_pair[m]),
+            "background": int(m) in background_set,
             "significant_steps": int(sig_steps.size),
             "flips": len(flips),
             "unsupported_flips": len(unsupported),
@@ -344,7 +433,8 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
         chosen = [row for row in rows if row["category"] == category]
         chosen.sort(key=lambda row: (-row[key], row["prototype"]))
         return [{"prototype": row["prototype"], "score": row[key], "flips": row["flips"],
-                 "unsupported_flips": row["unsupported_flips"], "unsupported_steps": row["unsupported_steps"]}
+                 "unsupported_flips": row["unsupported_flips"], "unsupported_steps": row["unsupported_steps"],
+                 "presence_a": row["presence_a"], "presence_b": row["presence_b"]}
                 for row in chosen]
 
     uncertain = ranked("uncertain", "score")
@@ -366,41 +456,97 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
                      for row in rows if row["category"] == "reliable"],
         "uncertain": uncertain,
         "compensated": compensated,
+        "one_class": [row["prototype"] for row in rows if row["category"] == "one-class"],
+        "background": [row["prototype"] for row in rows if row["category"] == "background"],
         "inactive": [row["prototype"] for row in rows if row["category"] == "inactive"],
         "uncertain_prototype": chosen,
         "uncertain_prototype_source": source,
+        "withheld": None,
     }
 
 
-def most_confused_pair(confusion) -> tuple[int, int, int]:
-    """(a, b, C[a,b] + C[b,a]) with a < b maximising the symmetric off-diagonal count (ties: smallest a, b)."""
+def _check_confusion(confusion) -> np.ndarray:
     confusion = np.asarray(confusion)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.shape[0] < 2:
         raise InvalidArgument(f"expected a square (K, K) confusion matrix with K >= 2, got shape {confusion.shape}",
                               field="confusion")
     if not np.issubdtype(confusion.dtype, np.integer) or confusion.min() < 0:
         raise InvalidArgument("expected non-negative integer counts", field="confusion")
-    symmetric = np.triu(confusion + confusion.T, k=1)
-    if symmetric.max() == 0:
+    return confusion
+
+
+TIE_BREAKS = ("larger single direction", "confusions on the explanation set", "lowest index")
+
+
+def rank_confused_pairs(confusion, secondary=None) -> list[dict]:
+    """Every pair a < b with C[a, b] + C[b, a] > 0, most confused first.
+
+    Order: the count C[a, b] + C[b, a]; ties: the larger single direction max(C[a, b], C[b, a]);
+    then the pair's confusions in `secondary` (the final model's confusion matrix on the
+    explanation set, when given); then the lowest (a, b). Each entry: a, b, count, a_to_b, b_to_a,
+    secondary (int or None), and tie_break: which of TIE_BREAKS set it above the next entry of the
+    same count (None when no later entry has its count)."""
+    confusion = _check_confusion(confusion)
+    if secondary is not None:
+        secondary = _check_confusion(secondary)
+        if secondary.shape != confusion.shape:
+            raise InvalidArgument(f"secondary confusion {secondary.shape} must match {confusion.shape}",
+                                  field="secondary")
+    k = confusion.shape[0]
+    pairs = []
+    for a in range(k):
+        for b in range(a + 1, k):
+            count = int(confusion[a, b] + confusion[b, a])
+            if count:
+                pairs.append({"a": a, "b": b, "count": count, "a_to_b": int(confusion[a, b]),
+                              "b_to_a": int(confusion[b, a]),
+                              "secondary": None if secondary is None else int(secondary[a, b] + secondary[b, a])})
+
+    def key(p):
+        return (-p["count"], -max(p["a_to_b"], p["b_to_a"]), -(p["secondary"] or 0), p["a"], p["b"])
+
+    pairs.sort(key=key)
+    for i, p in enumerate(pairs):
+        nxt = pairs[i + 1] if i + 1 < len(pairs) else None
+        if nxt is None or nxt["count"] != p["count"]:
+            p["tie_break"] = None
+        elif max(nxt["a_to_b"], nxt["b_to_a"]) != max(p["a_to_b"], p["b_to_a"]):
+            p["tie_break"] = TIE_BREAKS[0]
+        elif (nxt["secondary"] or 0) != (p["secondary"] or 0):
+            p["tie_break"] = TIE_BREAKS[1]
+        else:
+            p["tie_break"] = TIE_BREAKS[2]
+    return pairs
+
+
+def most_confused_pair(confusion, secondary=None) -> tuple[int, int, int]:
+    """(a, b, C[a,b] + C[b,a]): the first pair of rank_confused_pairs (ties: larger single
+    direction, then `secondary`, then the lowest index)."""
+    ranking = rank_confused_pairs(confusion, secondary)
+    if not ranking:
         raise InvalidArgument("the confusion matrix has no off-diagonal counts (no confused pair); "
                               "give the pair to analyse explicitly", field="confusion")
-    a, b = np.unravel_index(int(np.argmax(symmetric)), symmetric.shape)  # row-major: first max wins
-    return int(a), int(b), int(symmetric[a, b])
+    return ranking[0]["a"], ranking[0]["b"], ranking[0]["count"]
 
 
-def confused_pairs(confusion) -> list[tuple[int, int, int]]:
-    """Every (a, b, C[a,b] + C[b,a]) with a < b and a non-zero count, most confused first (ties: smallest a, b)."""
-    most_confused_pair(confusion)  # validates, and refuses a matrix without confusion
-    confusion = np.asarray(confusion)
-    symmetric = np.triu(confusion + confusion.T, k=1)
-    a_idx, b_idx = np.nonzero(symmetric)
-    pairs = [(int(a), int(b), int(symmetric[a, b])) for a, b in zip(a_idx, b_idx)]
-    return sorted(pairs, key=lambda item: (-item[2], item[0], item[1]))
+def confused_pairs(confusion, secondary=None) -> list[tuple[int, int, int]]:
+    """Every (a, b, C[a,b] + C[b,a]) with a < b and a non-zero count, in rank_confused_pairs' order."""
+    most_confused_pair(confusion, secondary)  # validates, and refuses a matrix without confusion
+    return [(p["a"], p["b"], p["count"]) for p in rank_confused_pairs(confusion, secondary)]
 
 
-def curated_indices(presence, labels, prototype, scope: str = "all", pair=None) -> np.ndarray:
+# -- curation -----------------------------------------------------------------------------------
+def curated_indices(presence, labels, prototype, scope: str = "all", pair=None, *,
+                    max_removed_fraction: float = 1.0, area=None) -> np.ndarray:
     """Indices (int64, ascending) of the samples kept: those whose map lacks `prototype`.
-    scope "pair": only samples of the pair's classes are filtered; the others are all kept."""
+    scope "pair": only samples of the pair's classes are filtered; the others are all kept.
+    max_removed_fraction: at most floor(fraction x n_c) samples of any class c are removed; when
+    more hold the prototype, those with the largest `area` (positions of the prototype, default:
+    all equal) go first, ties to the lower index."""
+    return _curate(presence, labels, prototype, scope, pair, max_removed_fraction, area)[0]
+
+
+def _curate(presence, labels, prototype, scope, pair, max_removed_fraction, area):
     presence = _check_presence(presence)
     labels = _check_labels(labels, presence.shape[0])
     if isinstance(prototype, bool) or not isinstance(prototype, (int, np.integer)) \
@@ -409,40 +555,103 @@ def curated_indices(presence, labels, prototype, scope: str = "all", pair=None) 
                               f"0..{presence.shape[1] - 1}", field="prototype")
     if scope not in CURATION_SCOPES:
         raise InvalidArgument(f"must be one of {CURATION_SCOPES}, got {scope!r}", field="scope")
-    keep = ~presence[:, int(prototype)]
+    cap = _fraction(max_removed_fraction, "max_removed_fraction", allow_zero=True)
+    area = np.ones(len(labels), dtype=np.int64) if area is None else np.asarray(area)
+    remove = presence[:, int(prototype)].copy()
     if scope == "pair":
         if pair is None or len(pair) != 2 or pair[0] == pair[1]:
             raise InvalidArgument(f"scope 'pair' needs pair=(a, b) with a != b, got {pair!r}", field="pair")
-        keep |= ~np.isin(labels, np.asarray(pair, dtype=np.int64))
-    return np.flatnonzero(keep).astype(np.int64)
+        remove &= np.isin(labels, np.asarray(pair, dtype=np.int64))
+    limited = {}
+    for c in np.unique(labels):
+        n_c = int(np.sum(labels == c))
+        candidates = np.flatnonzero(remove & (labels == c))
+        allowed = int(np.floor(cap * n_c + 1e-9))
+        if candidates.size > allowed:
+            order = sorted(candidates, key=lambda i: (-area[i], i))  # the most prominent occurrences go first
+            remove[order[allowed:]] = False
+            limited[int(c)] = (int(candidates.size), n_c, allowed)
+    return np.flatnonzero(~remove).astype(np.int64), limited
 
 
-def _curation_summary(presence, labels, prototype, scope, pair, n_classes) -> dict:
-    kept = curated_indices(presence, labels, prototype, scope, pair)
+def curation_summary(presence, labels, prototype, scope: str = "all", pair=None, *, n_classes: int,
+                     max_removed_fraction: float = 1.0, area=None, class_names=None) -> dict:
+    """What curating with `prototype` does: sizes, removed samples per class (count and fraction)
+    and, when the cap limited it, which classes and a message saying what to change."""
+    labels = _check_labels(labels, np.asarray(presence).shape[0])
+    kept, limited = _curate(presence, labels, prototype, scope, pair, max_removed_fraction, area)
     removed = np.setdiff1d(np.arange(len(labels)), kept)
+    per_class = np.bincount(labels[removed], minlength=n_classes)
+    sizes = np.bincount(labels, minlength=n_classes)
+    message = None
+    if limited:
+        parts = [f"{held} of {n_c} '{_name(class_names, c)}' ({_pct(held / n_c)})"
+                 for c, (held, n_c, _allowed) in sorted(limited.items())]
+        message = (f"P-{int(prototype)} is in {', '.join(parts)} samples, more than the cap of "
+                   f"{_pct(max_removed_fraction)} of a class: only the {_pct(max_removed_fraction)} with the "
+                   f"largest area of P-{int(prototype)} are removed from those classes. To remove every sample "
+                   "that holds it, set max_removed_fraction to 1.0 (ExplainParams.extra); to spare the other "
+                   "classes, use curation_scope 'pair'.")
     return {
         "size_before": int(len(labels)),
         "size_after": int(kept.size),
         "removed": int(removed.size),
-        "removed_per_class": [int(v) for v in np.bincount(labels[removed], minlength=n_classes)],
+        "removed_per_class": [int(v) for v in per_class],
+        "removed_fraction_per_class": [float(r / s) if s else 0.0 for r, s in zip(per_class, sizes)],
         "removed_indices": [int(i) for i in removed],
+        "cap": float(max_removed_fraction),
+        "limited": bool(limited),
+        "limited_classes": sorted(limited),
+        "message": message,
     }
+
+
+# -- sanity checks ------------------------------------------------------------------------------
+WARNING_CODES = ("NEAR_CHANCE_ACCURACY", "FEW_CHECKPOINTS", "MOSTLY_NOISE", "FEW_CLASS_SAMPLES",
+                 "FEW_PAIR_CONFUSIONS", "MOST_CONFUSED_PAIR_SKIPPED", "NO_UNCERTAIN_PROTOTYPE", "CURATION_LIMITED")
+
+
+def _warning(code: str, message: str) -> dict:
+    assert code in WARNING_CODES, code
+    return {"code": code, "message": message}
+
+
+def accuracy_and_chance(confusion) -> tuple[float, float]:
+    """(test accuracy, chance accuracy): trace / total, and the share of the largest true class
+    (what always predicting that class scores)."""
+    confusion = _check_confusion(confusion)
+    total = int(confusion.sum())
+    if total == 0:
+        return 0.0, 0.0
+    return float(np.trace(confusion) / total), float(confusion.sum(axis=1).max() / total)
+
+
+def near_chance(accuracy: float, chance: float, margin: float) -> bool:
+    """accuracy < chance + margin x (1 - chance): the model recovers less than `margin` of what
+    lies between guessing the largest class and a perfect score."""
+    return accuracy < chance + margin * (1.0 - chance)
 
 
 # -- the whole explanation.json -----------------------------------------------------------------
 def build_explanation(*, classes, assignments, labels, confidences, W, steps, confusion, n_prototypes,
                       pair=None, curation_scope: str = "all", shared_min_fraction: float = 1.0,
                       n_groups: int = 3, min_group_fraction: float = 0.5, group_method: str = "jaccard",
+                      min_group_size: int = 3, min_group_size_fraction: float = 0.1,
                       min_confidence_change: float = 0.01, weight_fraction: float = 0.5,
                       opponent_fraction: float = 0.5, min_weight: float = 0.0,
                       min_presence_fraction: float = 0.5, min_contribution_fraction: float = 0.1,
+                      min_shared_fraction: float = 0.25, background_sample_fraction: float = 0.9,
+                      background_class_fraction: float = 0.9, max_removed_fraction: float = 0.5,
+                      near_chance_margin: float = 0.2, min_checkpoints: int = 4, min_class_samples: int = 10,
+                      min_pair_confusions: int = 10, max_noise_fraction: float = 0.5, cluster_labels=None,
                       random_state: int = 0, tau: float | None = None, lam: float | None = None,
                       min_cluster_size: int | None = None, min_samples: int | None = None,
                       extra_parameters: dict | None = None) -> dict:
-    """Everything in explanation.json (schema: docs/EXPLANATION.md). `classes`: the K class names.
-    `pair`: analyse this (a, b) instead of the most confused pair of `confusion`.
-    tau, lam, min_cluster_size, min_samples (the Eq. 5-8 settings that produced W) and
-    extra_parameters are only recorded in "parameters", when given."""
+    """Everything in explanation.json (schema: docs/EXPLANATION.md; rules: docs/METHOD.md).
+    `classes`: the K class names. `confusion`: the final model's test confusion matrix. `pair`:
+    analyse this (a, b) instead of a pair chosen from `confusion`. cluster_labels: the HDBSCAN labels
+    (T-1, N), for the MOSTLY_NOISE check. tau, lam, min_cluster_size, min_samples (the Eq. 5-8
+    settings that produced W) and extra_parameters are only recorded in "parameters", when given."""
     class_names = [str(name) for name in classes]
     n_classes = len(class_names)
     pres = presence(assignments, n_prototypes)
@@ -455,69 +664,163 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         raise InvalidArgument(f"labels must lie in 0..{n_classes - 1}", field="labels")
     if curation_scope not in CURATION_SCOPES:
         raise InvalidArgument(f"must be one of {CURATION_SCOPES}, got {curation_scope!r}", field="curation_scope")
-    confusion = np.asarray(confusion)
+    confusion = _check_confusion(confusion)
     if confusion.shape != (n_classes, n_classes):
         raise InvalidArgument(f"confusion shape {confusion.shape} must be (K, K) = {(n_classes, n_classes)}",
                               field="confusion")
+    for name, value in (("min_checkpoints", min_checkpoints), ("min_class_samples", min_class_samples),
+                        ("min_pair_confusions", min_pair_confusions)):
+        _int_param(value, name, 0)
+    near_chance_margin = _fraction(near_chance_margin, "near_chance_margin", allow_zero=True)
+    max_noise_fraction = _fraction(max_noise_fraction, "max_noise_fraction", allow_zero=True)
+    max_removed_fraction = _fraction(max_removed_fraction, "max_removed_fraction", allow_zero=True)
     for c in range(n_classes):  # fail up front, naming every class's count
         _class_members(labels, c, n_classes)
 
+    background = background_prototypes(pres, labels, n_classes, background_sample_fraction, background_class_fraction)
     per_class = [
         class_explanation(c, presence=pres, labels=labels, confidences=confidences, W=W, steps=steps,
                           class_names=class_names, shared_min_fraction=shared_min_fraction, n_groups=n_groups,
                           min_group_fraction=min_group_fraction, min_confidence_change=min_confidence_change,
                           weight_fraction=weight_fraction, opponent_fraction=opponent_fraction,
-                          min_weight=min_weight, group_method=group_method, random_state=random_state)
+                          min_weight=min_weight, group_method=group_method, random_state=random_state,
+                          min_group_size=min_group_size, min_group_size_fraction=min_group_size_fraction,
+                          background=background)
         for c in range(n_classes)
     ]
 
-    skipped: list[dict] = []
-    if pair is None:
-        a, b, count = most_confused_pair(confusion)
-        pair_source = "confusion"
-    else:
+    accuracy, chance = accuracy_and_chance(confusion)
+    at_chance = near_chance(accuracy, chance, near_chance_margin)
+    # The final model's confusions on the explanation set break ties between equally confused test pairs.
+    final_predictions = confidences[-1].argmax(axis=1)
+    explanation_confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(explanation_confusion, (labels, final_predictions), 1)
+    ranking = rank_confused_pairs(confusion, explanation_confusion)
+
+    def counts(a: int, b: int) -> dict:
+        return {"a": a, "b": b, "names": [class_names[a], class_names[b]], "count": int(confusion[a, b] + confusion[b, a]),
+                "a_to_b": int(confusion[a, b]), "b_to_a": int(confusion[b, a])}
+
+    given = None
+    if pair is not None:
         if len(pair) != 2:
             raise InvalidArgument(f"expected two class indices (a, b), got {pair!r}", field="pair")
-        a, b = sorted((_check_class(pair[0], n_classes, "pair"), _check_class(pair[1], n_classes, "pair")))
-        if a == b:
-            raise InvalidArgument(f"a pair needs two different classes, got a = b = {a}", field="pair")
-        count = int(confusion[a, b] + confusion[b, a])
-        pair_source = "given"
+        given = sorted((_check_class(pair[0], n_classes, "pair"), _check_class(pair[1], n_classes, "pair")))
+        if given[0] == given[1]:
+            raise InvalidArgument(f"a pair needs two different classes, got a = b = {given[0]}", field="pair")
+    if ranking:
+        top = ranking[0]
+        most_confused = {**counts(top["a"], top["b"]), "source": "confusion", "tie_break": top["tie_break"]}
+    elif given is not None:  # nothing is confused on the test split: the caller's pair, with its count 0
+        most_confused = {**counts(*given), "source": "given", "tie_break": None}
+    else:
+        most_confused_pair(confusion)  # raises: no confused pair and none given
+
     def analyse(a: int, b: int) -> dict:
         return pair_analysis(a, b, presence=pres, labels=labels, W=W, steps=steps, class_names=class_names,
                              min_presence_fraction=min_presence_fraction,
-                             min_contribution_fraction=min_contribution_fraction)
+                             min_contribution_fraction=min_contribution_fraction,
+                             min_shared_fraction=min_shared_fraction, background=background)
 
-    analysis = analyse(a, b)
-    if pair is None and analysis["uncertain_prototype"] is None:
-        # Nothing alternates between the most confused classes: curation needs a confusing
-        # prototype, so take the next most confused pair that has one, and say which were passed over.
-        passed_over = [{"a": a, "b": b, "count": int(count)}]
-        for a2, b2, count2 in confused_pairs(confusion)[1:]:
-            candidate = analyse(a2, b2)
-            if candidate["uncertain_prototype"] is not None:
-                a, b, count, analysis, pair_source = a2, b2, count2, candidate, "confusion-fallback"
-                skipped = passed_over
-                break
-            passed_over.append({"a": a2, "b": b2, "count": int(count2)})
+    def why_not(analysis: dict) -> str:
+        tally = {cat: sum(1 for row in analysis["prototypes"] if row["category"] == cat)
+                 for cat in ("reliable", "one-class", "background", "inactive")}
+        return ("no prototype present in both classes alternates between them ("
+                + ", ".join(f"{n} {cat}" for cat, n in tally.items()) + ")")
+
+    skipped: list[dict] = []
+    if given is not None:
+        a, b = given
+        analysis, reason = analyse(a, b), "given"
+    else:
+        a, b = most_confused["a"], most_confused["b"]
+        analysis, reason = analyse(a, b), "most-confused"
+        if analysis["uncertain_prototype"] is None and not at_chance:
+            # Curation needs a confusing prototype: try the next most confused pairs, saying which were passed over.
+            passed_over = [{"a": a, "b": b, "count": most_confused["count"], "why": why_not(analysis)}]
+            for entry in ranking[1:]:
+                candidate = analyse(entry["a"], entry["b"])
+                if candidate["uncertain_prototype"] is not None:
+                    a, b, analysis, reason, skipped = entry["a"], entry["b"], candidate, "next-confused", passed_over
+                    break
+                passed_over.append({"a": entry["a"], "b": entry["b"], "count": entry["count"],
+                                    "why": why_not(candidate)})
+    analysed = {**counts(a, b), "reason": reason, "skipped": skipped}
+
+    warnings: list[dict] = []
+    if at_chance:
+        analysis["withheld"] = "NEAR_CHANCE_ACCURACY"
+        analysis["uncertain_prototype"], analysis["uncertain_prototype_source"] = None, None
+        warnings.append(_warning("NEAR_CHANCE_ACCURACY", (
+            f"test accuracy {_pct(accuracy)} is near chance ({_pct(chance)} by always predicting the largest class): "
+            "the model has learnt too little for its prototypes, pairs or curation to mean anything. "
+            "Train longer (train.epochs) or check the data; no uncertain prototype is named.")))
+    n_checkpoints = int(confidences.shape[0])
+    if n_checkpoints < min_checkpoints:
+        warnings.append(_warning("FEW_CHECKPOINTS", (
+            f"only {n_checkpoints} checkpoints: {n_checkpoints - 1} step(s) of dynamics, too few to see a prototype "
+            f"change sides; take at least {min_checkpoints} (lower train.checkpoint_every).")))
+    if cluster_labels is not None:
+        cluster_labels = np.asarray(cluster_labels)
+        noise = float(np.mean(cluster_labels == -1)) if cluster_labels.size else 1.0
+        if noise > max_noise_fraction:
+            warnings.append(_warning("MOSTLY_NOISE", (
+                f"{_pct(noise)} of the confidence changes are HDBSCAN noise and do not enter the mapping W: "
+                "it rests on a minority of samples. Lower min_cluster_size or use a larger explanation set.")))
+    small = [c for c in range(n_classes) if per_class[c]["n_samples"] < min_class_samples]
+    if small:
+        listed = ", ".join(f"'{class_names[c]}' {per_class[c]['n_samples']}" for c in small)
+        warnings.append(_warning("FEW_CLASS_SAMPLES", (
+            f"few explanation samples in {listed} (fewer than {min_class_samples}): shares such as "
+            "'in 62% of' rest on a handful of images. Raise explanation_fraction.")))
+    if analysed["count"] < min_pair_confusions:
+        warnings.append(_warning("FEW_PAIR_CONFUSIONS", (
+            f"the analysed pair '{class_names[a]}' / '{class_names[b]}' has only {analysed['count']} test "
+            f"confusions (fewer than {min_pair_confusions}): changes in Table 1 of a few confusions are noise. "
+            "Use a larger test split (dataset.test_fraction) or a harder task.")))
+    if reason == "next-confused":
+        top = skipped[0]
+        warnings.append(_warning("MOST_CONFUSED_PAIR_SKIPPED", (
+            f"the most confused pair '{class_names[top['a']]}' / '{class_names[top['b']]}' ({top['count']} test "
+            f"confusions) has no uncertain prototype: {top['why']}. The analysis and curation use the next pair "
+            f"that has one, '{class_names[a]}' / '{class_names[b]}' ({analysed['count']}).")))
     uncertain = analysis["uncertain_prototype"]
+    if uncertain is None and not at_chance:
+        where = "the given pair" if reason == "given" else "any confused pair"
+        warnings.append(_warning("NO_UNCERTAIN_PROTOTYPE", (
+            f"no prototype shared by both classes of {where} alternates between them (shared: in at least "
+            f"{_pct(min_shared_fraction)} of each class): there is nothing to curate, so no curated set and no "
+            "fine-tuning.")))
     curation = None
     if uncertain is not None:
+        area = prototype_area(assignments, uncertain)
         curation = {
             "prototype": uncertain,
             "scope": curation_scope,
-            "scopes": {scope: _curation_summary(pres, labels, uncertain, scope, (a, b), n_classes)
+            "scopes": {scope: curation_summary(pres, labels, uncertain, scope, (a, b), n_classes=n_classes,
+                                               max_removed_fraction=max_removed_fraction, area=area,
+                                               class_names=class_names)
                        for scope in CURATION_SCOPES},
         }
+        chosen = curation["scopes"][curation_scope]
+        if chosen["limited"]:
+            warnings.append(_warning("CURATION_LIMITED", chosen["message"]))
 
     parameters = {
         "n_prototypes": int(n_prototypes), "shared_min_fraction": float(shared_min_fraction),
         "n_groups": int(n_groups), "min_group_fraction": float(min_group_fraction), "group_method": group_method,
+        "min_group_size": int(min_group_size), "min_group_size_fraction": float(min_group_size_fraction),
         "min_confidence_change": float(min_confidence_change), "weight_fraction": float(weight_fraction),
         "opponent_fraction": float(opponent_fraction), "min_weight": float(min_weight),
         "min_presence_fraction": float(min_presence_fraction),
-        "min_contribution_fraction": float(min_contribution_fraction), "curation_scope": curation_scope,
-        "random_state": int(random_state),
+        "min_contribution_fraction": float(min_contribution_fraction),
+        "min_shared_fraction": float(min_shared_fraction),
+        "background_sample_fraction": float(background_sample_fraction),
+        "background_class_fraction": float(background_class_fraction),
+        "max_removed_fraction": float(max_removed_fraction), "curation_scope": curation_scope,
+        "near_chance_margin": float(near_chance_margin), "min_checkpoints": int(min_checkpoints),
+        "min_class_samples": int(min_class_samples), "min_pair_confusions": int(min_pair_confusions),
+        "max_noise_fraction": float(max_noise_fraction), "random_state": int(random_state),
     }
     recorded = {"tau": tau, "lam": lam, "min_cluster_size": min_cluster_size, "min_samples": min_samples}
     parameters.update({name: value for name, value in recorded.items() if value is not None})
@@ -529,15 +832,18 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         "classes": class_names,
         "n_samples": int(len(labels)),
         "n_prototypes": int(n_prototypes),
-        "n_checkpoints": int(confidences.shape[0]),
+        "n_checkpoints": n_checkpoints,
         "checkpoint_steps": checkpoint_steps,
         "pair_steps": starts,
         "samples_per_class": [int(v) for v in np.bincount(labels, minlength=n_classes)],
+        "test_accuracy": accuracy,
+        "chance_accuracy": chance,
         "parameters": parameters,
+        "warnings": warnings,
+        "background_prototypes": background,
         "per_class": per_class,
-        "most_confused_pair": {"a": a, "b": b, "names": [class_names[a], class_names[b]], "count": int(count),
-                               "a_to_b": int(confusion[a, b]), "b_to_a": int(confusion[b, a]),
-                               "source": pair_source, "skipped": skipped},
+        "most_confused_pair": most_confused,
+        "analysed_pair": analysed,
         "pair_analysis": analysis,
         "uncertain_prototype": uncertain,
         "uncertain_prototype_source": analysis["uncertain_prototype_source"],

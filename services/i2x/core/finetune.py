@@ -9,6 +9,11 @@ uses the same seeds in every protocol, so protocols differ only in their data.
 Reported per protocol: test accuracy and the pair's confusions a->b (true a predicted b), b->a and
 their sum, as mean and sample standard deviation (ddof=1; 0 for a single repeat) over repeats.
 Accuracy is a fraction in the JSON and a percentage in the Markdown table.
+
+add_statistics (on the finished table, whatever ran it): a 95% confidence interval of the mean
+per cell (Student's t, n - 1 degrees of freedom) and Welch's t test of curated->full against
+full->full on the pair's confusions and on accuracy, worded "not significant" when p >= 0.05;
+optionally the share of each class the curated set removed. table_markdown shows all of it.
 """
 
 from __future__ import annotations
@@ -83,7 +88,10 @@ def run_protocols(build: Callable[[], nn.Module], final_state: dict, full, curat
 
 
 def table_markdown(result: dict, classes: list[str]) -> str:
-    """Table 1 as Markdown: one row per protocol, "mean ± std"; accuracy in percent."""
+    """Table 1 as Markdown: one row per protocol, "mean ± std [95% interval]"; accuracy in percent;
+    then Welch's test of curated → full against full → full and the curated set's removed shares."""
+    if not all("ci95" in row for row in result["rows"]) or "tests" not in result:
+        result = add_statistics(result)
     a, b = result["pair"]
     name_a, name_b = classes[a], classes[b]
     lines = [f"| protocol | Acc. (%) | {name_a}→{name_b} | {name_b}→{name_a} | sum |", "|---|---|---|---|---|"]
@@ -91,15 +99,113 @@ def table_markdown(result: dict, classes: list[str]) -> str:
     if base:
         lines.append(f"| final model (no fine-tuning) | {100 * base['accuracy']:.2f} | {base['a_to_b']} | "
                      f"{base['b_to_a']} | {base['sum']} |")
+
+    def cell(row, metric: str, factor: float = 1.0) -> str:
+        text = f"{factor * row[metric]['mean']:.2f} ± {factor * row[metric]['std']:.2f}"
+        low, high = row["ci95"][metric]
+        return text if low is None else text + f" [{factor * low:.2f}, {factor * high:.2f}]"
+
     for row in result["rows"]:
-        acc = row["accuracy"]
-        cells = [f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"]
-        cells += [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in ("a_to_b", "b_to_a", "sum")]
+        cells = [cell(row, "accuracy", 100.0)] + [cell(row, m) for m in ("a_to_b", "b_to_a", "sum")]
         lines.append(f"| {row['protocol'].replace('->', ' → ')} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample std over {result['repeats']} repeats; a→b counts test images of class a "
-                 "predicted as b.")
+    lines.append(f"Mean ± sample std [95% confidence interval of the mean] over {result['repeats']} repeats; "
+                 "a→b counts test images of class a predicted as b.")
+    for test in result["tests"]:
+        lines.append("")
+        lines.append(test["text"])
+    removed = result.get("removed_fraction_per_class")
+    if removed:
+        lines.append("")
+        lines.append(removed_text(removed, classes))
     return "\n".join(lines) + "\n"
+
+
+# -- statistics on the finished table -----------------------------------------------------------
+SIGNIFICANCE = 0.05
+_TESTED = ("curated->full", "full->full")
+
+
+def interval95(values) -> tuple[float | None, float | None]:
+    """95% confidence interval of the mean of `values`: mean ± t(0.975, n-1) x s / sqrt(n);
+    (None, None) for fewer than 2 values."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return None, None
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    mean = float(values.mean())
+    return mean - half, mean + half
+
+
+def welch_test(x, y) -> dict:
+    """Welch's unequal-variance t test of mean(x) = mean(y): {"t", "p", "df"}; t and p are None when
+    it cannot be computed (fewer than 2 values in a group, or no variation in either)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2 or (x.std() == 0 and y.std() == 0):
+        return {"t": None, "p": None, "df": None}
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    result = stats.ttest_ind(x, y, equal_var=False)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(df)}
+
+
+def _test_text(metric: str, label: str, x, y, test: dict, unit: str = "") -> str:
+    head = (f"Welch's t test, curated → full vs full → full, {label}: {np.mean(x):.2f}{unit} vs "
+            f"{np.mean(y):.2f}{unit}")
+    if test["p"] is None:
+        return head + " — cannot be tested (needs 2 or more repeats with some variation)."
+    verdict = "significant" if test["p"] < SIGNIFICANCE else "not significant"
+    return head + f", t = {test['t']:.2f}, p = {test['p']:.3f}: {verdict} at the 5% level."
+
+
+def removed_fraction_per_class(labels, kept, n_classes: int) -> list[float]:
+    """Share of each class's samples of the full set (labels) that the curated set (kept indices) lacks."""
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels, minlength=n_classes)
+    kept_sizes = np.bincount(labels[np.asarray(kept, dtype=np.int64)], minlength=n_classes)
+    return [float((s - k) / s) if s else 0.0 for s, k in zip(sizes, kept_sizes)]
+
+
+def removed_text(removed: list[float], classes: list[str]) -> str:
+    hit = [f"{100 * f:.0f}% of '{classes[c]}'" for c, f in enumerate(removed) if f > 0]
+    if not hit:
+        return "The curated set removed no sample."
+    text = "The curated set removed " + ", ".join(hit)
+    return text + ("." if len(hit) == len(classes) else " of the samples (none of the other classes).")
+
+
+def add_statistics(table: dict, *, removed_fraction_per_class: list[float] | None = None) -> dict:
+    """A copy of run_protocols' table with, per row, "ci95": {metric: [low, high]} from its runs;
+    "tests": Welch's t test of curated->full against full->full on the pair's confusion sum and on
+    accuracy (each {"compared", "metric", "t", "p", "df", "significant", "text"}; empty when either
+    protocol is missing); and "removed_fraction_per_class" when given."""
+    out = dict(table)
+    rows = []
+    for row in table["rows"]:
+        row = dict(row)
+        runs = row.get("runs") or []
+        row["ci95"] = {m: list(interval95([r[m] for r in runs])) for m in _METRICS}
+        rows.append(row)
+    out["rows"] = rows
+    by_protocol = {row["protocol"]: row for row in rows}
+    tests = []
+    if all(p in by_protocol and by_protocol[p].get("runs") for p in _TESTED):
+        for metric, label, factor, unit in (("sum", "the pair's confusions", 1.0, ""),
+                                            ("accuracy", "accuracy", 100.0, "%")):
+            x = [factor * r[metric] for r in by_protocol[_TESTED[0]]["runs"]]
+            y = [factor * r[metric] for r in by_protocol[_TESTED[1]]["runs"]]
+            test = welch_test(x, y)
+            tests.append({"compared": list(_TESTED), "metric": metric, **test,
+                          "significant": None if test["p"] is None else bool(test["p"] < SIGNIFICANCE),
+                          "text": _test_text(metric, label, x, y, test, unit)})
+    out["tests"] = tests
+    if removed_fraction_per_class is not None:
+        out["removed_fraction_per_class"] = [float(v) for v in removed_fraction_per_class]
+    return out
 
 
 def _mean_std(values) -> dict:

@@ -119,6 +119,44 @@ def iterations_per_epoch(n_samples: int, batch_size: int) -> int:
     return math.ceil(n_samples / batch_size)
 
 
+MANY_CHECKPOINTS = 200  # above this a run gets a MANY_CHECKPOINTS warning: slow to interpret, hard to read in figures
+
+
+def estimate_checkpoints(n_samples: int, config: TrainConfig) -> int:
+    """How many checkpoints train() takes on n_samples: one every checkpoint_every iterations, one
+    after the last iteration (when it is not already one), and step 0 with include_initial."""
+    total = iterations_per_epoch(n_samples, config.batch_size) * config.epochs
+    return math.ceil(total / config.checkpoint_every) + int(bool(config.include_initial))
+
+
+def check_checkpoint_count(n_samples: int, config: TrainConfig, max_checkpoints: int) -> list[dict]:
+    """Refuse a training whose checkpoint count (estimate_checkpoints) is < 2 (no dynamics at all) or
+    > max_checkpoints, naming the value to set; [{code, message}] warnings above MANY_CHECKPOINTS."""
+    count = estimate_checkpoints(n_samples, config)
+    total = iterations_per_epoch(n_samples, config.batch_size) * config.epochs
+    where = (f"{n_samples} training images, batch_size {config.batch_size}, {config.epochs} epoch(s): {total} "
+             f"iterations, a checkpoint every {config.checkpoint_every}")
+    if count < 2:
+        if total >= 2:
+            raise InvalidArgument(f"{where} gives {count} checkpoint; the method needs at least 2 (better 4 or more): "
+                                  f"set train.checkpoint_every to at most {max(1, (total - 1) // 3)}",
+                                  field="train.checkpoint_every")
+        raise InvalidArgument(f"{where} gives {count} checkpoint; the method needs at least 2: raise train.epochs "
+                              "or lower train.batch_size", field="train.epochs")
+    if count > max_checkpoints:
+        every = math.ceil(total / max(max_checkpoints - 1, 1))
+        raise InvalidArgument(f"{where} gives {count} checkpoints, above the limit of {max_checkpoints} "
+                              f"(I2X_MAX_CHECKPOINTS): set train.checkpoint_every to at least {every}",
+                              field="train.checkpoint_every")
+    if count > MANY_CHECKPOINTS:
+        every = math.ceil(total / MANY_CHECKPOINTS)
+        return [{"code": "MANY_CHECKPOINTS",
+                 "message": f"{where} gives {count} checkpoints (more than {MANY_CHECKPOINTS}): every one is "
+                            "interpreted and drawn, so the run is slow and its figures crowded; "
+                            f"train.checkpoint_every >= {every} keeps it under {MANY_CHECKPOINTS}"}]
+    return []
+
+
 def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, std,
           on_checkpoint: Callable[[Checkpoint], None], progress=None, cancel=None,
           eval_set=None) -> list[dict]:

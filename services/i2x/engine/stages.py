@@ -109,6 +109,13 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
             f"set model.in_channels={channels}", field="model.in_channels")
     layer = model_spec.target_layer or default_target_layer(model_spec)
     resolve_layer(build_model(model_spec), layer)  # a wrong layer fails now, not after training
+    run_warnings = []
+    if train_config is not None:  # a checkpoint count the method cannot use fails now, not after training
+        from i2x import config
+        from i2x.core.training import check_checkpoint_count
+
+        run_warnings = check_checkpoint_count(len(splits.train.labels), train_config,
+                                              int(config.get("I2X_MAX_CHECKPOINTS")))
 
     indices = explanation_indices(len(splits.train.labels), explanation_fraction, explanation_seed)
     labels = splits.train.labels[indices]
@@ -130,6 +137,7 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
         "std": [float(x) for x in np.atleast_1d(std)],
         "sizes": {"train": int(len(splits.train.labels)), "test": int(len(splits.test.labels)),
                   "explanation": int(len(indices))},
+        "warnings": run_warnings,
     }
     record["explanation"]["size"] = int(len(indices))
     store.put_json(run_json, record)
@@ -656,7 +664,7 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
         classes=record["classes"], assignments=assignments, labels=labels, confidences=interp["confidences"],
         W=dyn.W, steps=interp["steps"], confusion=confusion, n_prototypes=n_prototypes,
         pair=tuple(params.pair) if params.pair else None, curation_scope=params.curation_scope,
-        tau=params.tau, lam=params.lam, **params.extra)
+        tau=params.tau, lam=params.lam, cluster_labels=clusters["labels"], **params.extra)
     explanation["run_id"] = run_id
     key = _key(run_id, "explanation", "explanation.json")
     staged.put_json(key, explanation)
@@ -720,13 +728,15 @@ def analyze_pair(store: Store, run_id: str, pair: list[int] | tuple[int, int], *
 def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope: str = "all",
                pair: list[int] | None = None) -> dict:
     """The curated set: explanation-set indices without `prototype` (default: the explanation's
-    uncertain prototype). Writes curation/curated.npz; returns sizes and the key."""
-    from i2x.core.explain import curated_indices, presence
+    uncertain prototype), for the explanation's analysed pair, under the explanation's cap on the
+    removed share of any class (docs/METHOD.md). Writes curation/curated.npz; returns sizes and the key."""
+    from i2x.core.explain import curation_summary, presence, prototype_area
 
     explanation = get_explanation(store, run_id)
     if scope not in ("all", "pair"):
         raise InvalidArgument(f"must be 'all' or 'pair', got {scope!r}", field="scope")
-    pair = list(pair) if pair else [explanation["most_confused_pair"]["a"], explanation["most_confused_pair"]["b"]]
+    analysed = explanation.get("analysed_pair") or explanation["most_confused_pair"]
+    pair = list(pair) if pair else [analysed["a"], analysed["b"]]
     if prototype is None:
         prototype = explanation["uncertain_prototype"]
         if prototype is None:
@@ -737,22 +747,30 @@ def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope
     if not 0 <= int(prototype) < n_prototypes:
         raise InvalidArgument(f"prototype {prototype} is out of range 0..{n_prototypes - 1}", field="prototype")
     data = store.get_npz(_key(run_id, "data", "explanation.npz"))
-    present = presence(prototypes["assignments"].astype(np.int64), n_prototypes)
-    kept = curated_indices(present, data["labels"], int(prototype), scope=scope, pair=tuple(pair))
+    assignments = prototypes["assignments"].astype(np.int64)
+    present = presence(assignments, n_prototypes)
+    classes = get_run(store, run_id)["classes"]
+    cap = float((explanation.get("parameters") or {}).get("max_removed_fraction", 1.0))
+    summary = curation_summary(present, data["labels"], int(prototype), scope, tuple(pair), n_classes=len(classes),
+                               max_removed_fraction=cap, area=prototype_area(assignments, int(prototype)),
+                               class_names=classes)
+    removed = np.asarray(summary["removed_indices"], dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(data["labels"])), removed).astype(np.int64)
     key = _key(run_id, "curation", "curated.npz")
-    store.put_npz(key, indices=kept.astype(np.int64), train_indices=data["indices"][kept].astype(np.int64),
-                  prototype=np.int64(prototype), pair=np.asarray(pair, dtype=np.int64))
-    removed = np.setdiff1d(np.arange(len(data["labels"])), kept)
-    removed_per_class = np.bincount(data["labels"][removed], minlength=len(np.unique(data["labels"])))
+    store.put_npz(key, indices=kept, train_indices=data["indices"][kept].astype(np.int64),
+                  prototype=np.int64(prototype), pair=np.asarray(pair, dtype=np.int64),
+                  removed_fraction_per_class=np.asarray(summary["removed_fraction_per_class"], dtype=np.float64))
     return {"key": key, "prototype": int(prototype), "scope": scope, "pair": pair,
-            "size_before": int(len(data["labels"])), "size_after": int(len(kept)),
-            "removed_per_class": removed_per_class.tolist()}
+            "size_before": summary["size_before"], "size_after": summary["size_after"],
+            "removed_per_class": summary["removed_per_class"],
+            "removed_fraction_per_class": summary["removed_fraction_per_class"],
+            "limited": summary["limited"], "cap": summary["cap"], "message": summary["message"]}
 
 
 def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress: Progress = None,
                  cancel=None) -> dict:
     """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table."""
-    from i2x.core.finetune import PROTOCOLS, run_protocols, table_markdown
+    from i2x.core.finetune import PROTOCOLS, add_statistics, removed_fraction_per_class, run_protocols, table_markdown
     from i2x.data import ArrayDataset, DatasetSpec, load_dataset
     from i2x.models import ModelSpec, build_model, checkpoint_from_bytes
 
@@ -782,6 +800,7 @@ def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress:
                           repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel, **kwargs)
     table["prototype"] = int(curated["prototype"])
     table["sizes"] = {"full": int(len(full.labels)), "curated": int(len(kept))}
+    table = add_statistics(table, removed_fraction_per_class=removed_fraction_per_class(full.labels, kept, len(classes)))
     store.put_json(_key(run_id, "finetune", "table.json"), table)
     store.put_text(_key(run_id, "finetune", "table.md"), table_markdown(table, classes), "text/markdown")
     return table
