@@ -14,9 +14,9 @@ from i2x.storage import Store
 __all__ = ["write_figures", "build_report", "build_comparison"]
 
 
-def _write(store: Store, run, groups) -> list[str]:
+def _write(store: Store, run, report) -> list[str]:
     keys = []
-    for rendered in (r for group in groups.values() for r in group):
+    for rendered in report.figures():
         key = run.key("figures", rendered.name)
         store.put_bytes(key, rendered.png, "image/png")
         keys.append(key)
@@ -29,13 +29,13 @@ def write_figures(store: Store, run_id: str) -> list[str]:
     from i2x.report.run_data import RunData
 
     run = RunData(store, run_id)
-    return _write(store, run, render_all(run))
+    return _write(store, run, render_all(run, misclassified=False))
 
 
 def _comparison(run_a, run_b) -> str:
     from i2x.core.errors import InvalidArgument
     from i2x.report import figures as F
-    from i2x.report.build import pair_figures
+    from i2x.report.build import full_gallery, pair_figures
     from i2x.report.html import comparison_body
 
     if run_a.class_names != run_b.class_names:
@@ -54,7 +54,9 @@ def _comparison(run_a, run_b) -> str:
     for run, rendered in zip((run_a, run_b), figs):  # tell the two pair figures apart
         for r in rendered:
             r.caption = f"{run.run_id}: {r.caption}"
-    return comparison_body(run_a, run_b, confusion_png, figs)
+    galleries = tuple(full_gallery(r) if r.has("clustering", "prototypes.npz") and r.interpretation_steps else None
+                      for r in (run_a, run_b))
+    return comparison_body(run_a, run_b, confusion_png, figs, galleries)
 
 
 def build_report(store: Store, run_id: str, *, compare_with: tuple[Store, str] | None = None) -> str:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from i2x.report import figures as F
+from i2x.report import gallery as G
 from i2x.report.run_data import ClassExplanation, RunData
 
+if TYPE_CHECKING:
+    from i2x.report.misclassified import PairMisclassified
+
 MAX_LINES = 8           # prototypes drawn in one evolution figure
-GALLERY_PAGE = 16       # prototype rows per page of the full gallery
+GALLERY_PAGE = 16       # prototype rows per stored gallery file
+GALLERY_ROWS_PER_CLASS = 12
+CLASS_PATCHES = 4       # crops per row in a class's own gallery (the full gallery has 6)
 EVENTS_PER_KEY = 3      # driving prototypes annotated per key checkpoint in the timeline
 
 
@@ -62,29 +69,25 @@ def class_figures(run: RunData, info: ClassExplanation) -> list[Rendered]:
     members = class_members(run, c)
     mean_intensity = intensity[:, members][:, :, shown].mean(axis=1) if shown else np.zeros((len(steps), 0))
     following = dict(zip(intensity_steps[:-1].tolist(), intensity_steps[1:].tolist()))
-    out = []
+    # Fig. 3 and Fig. 4 in one figure: the key checkpoints are shaded and numbered; what each
+    # numbered checkpoint did is the HTML list beside it (linked prototypes), not text in the image.
     fig = F.class_evolution(intensity_steps, mean_intensity, shown, confidence, class_name=name,
-                            key_steps=[k.step for k in info.key_checkpoints], next_steps=following)
+                            key_steps=[k.step for k in info.key_checkpoints], next_steps=following, numbered=True)
     more = len(info.shared) - len(shown)
-    out.append(Rendered(f"{slug}-evolution.png", F.to_png(fig),
-                        f"Fig. 3 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
-                        "samples (left axis) and its mean confidence (dashed, right axis); shaded: key checkpoints."
-                        + (f" The {more} least intense shared prototypes are left out." if more > 0 else "")))
-    fig = F.class_timeline(steps, confidence, timeline_events(run, info), class_name=name)
-    out.append(Rendered(f"{slug}-timeline.png", F.to_png(fig),
-                        f"Fig. 4 for '{name}': its confidence over training, each key checkpoint numbered with the "
-                        "prototype that drove the change and the classes it separated."))
-    gallery_protos = list(dict.fromkeys(info.shared + info.specialized_all))[:12]
-    if gallery_protos:
-        highlight = {m: "shared" for m in info.shared}
-        sub = members
-        fig = F.prototype_gallery(run.explanation_images[sub], run.final_saliency[sub], run.assignments[sub],
-                                  gallery_protos, labels=run.explanation_labels[sub], class_names=run.class_names,
-                                  highlight=highlight, title=f"Prototypes of '{name}'", sample_ids=sub)
-        out.append(Rendered(f"{slug}-gallery.png", F.to_png(fig),
-                            f"Fig. 9 for '{name}': its shared and specialized prototypes as they appear in its own "
-                            "samples (crops around positions assigned to each prototype, final saliency overlaid)."))
-    return out
+    return [Rendered(f"{slug}-evolution.png", F.to_png(fig),
+                     f"Fig. 3-4 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
+                     "samples (left axis) and its mean confidence (dashed, right axis); shaded and numbered: key "
+                     "checkpoints (listed below the figure)."
+                     + (f" The {more} least intense shared prototypes are left out." if more > 0 else ""))]
+
+
+def class_gallery(run: RunData, info: ClassExplanation) -> list[G.GalleryRow]:
+    """Fig. 9 for one class: its shared then specialized prototypes in its own samples."""
+    protos = list(dict.fromkeys(info.shared + info.specialized_all))[:GALLERY_ROWS_PER_CLASS]
+    members = class_members(run, info.index)
+    return G.gallery_rows(run.explanation_images[members], run.final_saliency[members], run.assignments[members],
+                          protos, labels=run.explanation_labels[members], class_names=run.class_names,
+                          sample_ids=members, n_patches=CLASS_PATCHES)
 
 
 def pair_figures(run: RunData) -> list[Rendered]:
@@ -104,18 +107,20 @@ def pair_figures(run: RunData) -> list[Rendered]:
                     f"Fig. 5-7: each prototype's contribution to '{run.name(a)}' versus '{run.name(b)}' at each "
                     "step (above zero: towards the first class). Coloured solid lines: reliable prototypes; "
                     "dashed: uncertain.")]
-    protos = list(dict.fromkeys(uncertain[:3] + pair.reliable[:5]))
-    if protos:
-        sub = np.flatnonzero(np.isin(run.explanation_labels, [a, b]))
-        highlight = {m: "uncertain" if pair.uncertain else "alternating" for m in uncertain[:3]}
-        fig = F.prototype_gallery(run.explanation_images[sub], run.final_saliency[sub], run.assignments[sub], protos,
-                                  labels=run.explanation_labels[sub], class_names=run.class_names,
-                                  highlight=highlight, title=f"'{run.name(a)}' vs '{run.name(b)}'",
-                                  sample_ids=sub)
-        out.append(Rendered(f"{slug}-gallery.png", F.to_png(fig),
-                            f"Fig. 9 for the pair: the uncertain and reliable prototypes in samples of "
-                            f"'{run.name(a)}' and '{run.name(b)}'."))
     return out
+
+
+def pair_gallery(run: RunData) -> list[G.GalleryRow]:
+    """Fig. 9 for the pair: its uncertain (or compensated) and reliable prototypes in samples of a and b."""
+    pair = run.explanation.pair if run.explanation else None
+    if pair is None:
+        return []
+    uncertain = pair.uncertain or ([pair.uncertain_prototype] if pair.uncertain_prototype is not None else [])
+    protos = list(dict.fromkeys(uncertain[:3] + pair.reliable[:5]))
+    sub = np.flatnonzero(np.isin(run.explanation_labels, [pair.a, pair.b]))
+    return G.gallery_rows(run.explanation_images[sub], run.final_saliency[sub], run.assignments[sub], protos,
+                          labels=run.explanation_labels[sub], class_names=run.class_names, sample_ids=sub,
+                          outline={m: G.UNCERTAIN_OUTLINE for m in uncertain[:3]})
 
 
 def confusion_panels(run: RunData, label: str | None = None) -> list[tuple[str, np.ndarray]]:
@@ -155,27 +160,64 @@ def overview_figures(run: RunData) -> list[Rendered]:
     return out
 
 
-def gallery_figures(run: RunData) -> list[Rendered]:
-    M = run.n_prototypes
-    pages = [list(range(start, min(start + GALLERY_PAGE, M))) for start in range(0, M, GALLERY_PAGE)]
+def full_gallery(run: RunData) -> list[G.GalleryRow]:
+    """Fig. 9: every prototype over the whole explanation set (the rows every P-m links to)."""
+    return G.gallery_rows(run.explanation_images, run.final_saliency, run.assignments, list(range(run.n_prototypes)),
+                          labels=run.explanation_labels, class_names=run.class_names)
+
+
+def gallery_pages(rows: list[G.GalleryRow], prefix: str, title: str) -> list[Rendered]:
+    """The gallery rows as stored figure files, GALLERY_PAGE rows per file."""
+    pages = [rows[start:start + GALLERY_PAGE] for start in range(0, len(rows), GALLERY_PAGE)]
     out = []
-    for n, protos in enumerate(pages):
-        title = "Prototype gallery" + (f" ({n + 1}/{len(pages)})" if len(pages) > 1 else "")
-        fig = F.prototype_gallery(run.explanation_images, run.final_saliency, run.assignments, protos,
-                                  labels=run.explanation_labels, class_names=run.class_names, title=title)
-        out.append(Rendered(f"gallery-{n + 1:02d}.png", F.to_png(fig),
-                            f"Fig. 9: prototypes P-{protos[0]} to P-{protos[-1]} over the whole explanation set."))
+    for n, chunk in enumerate(pages):
+        name = f"{prefix}-{n + 1:02d}.png" if len(pages) > 1 or prefix == "gallery" else f"{prefix}.png"
+        heading = title + (f" ({n + 1}/{len(pages)})" if len(pages) > 1 else "")
+        out.append(Rendered(name, G.gallery_page(chunk, heading),
+                            f"Fig. 9: prototypes P-{chunk[0].prototype} to P-{chunk[-1].prototype}."))
     return out
 
 
-def render_all(run: RunData) -> dict[str, list[Rendered]]:
-    """Every figure of the run, grouped by report section: overview, classes (by index), pair, gallery."""
-    groups: dict[str, list[Rendered]] = {"overview": overview_figures(run), "pair": [], "gallery": []}
+@dataclass
+class Report:
+    """Everything drawn for a run: figures by section, gallery rows, misclassified test images."""
+
+    groups: dict[str, list[Rendered]]
+    galleries: dict[str, list[G.GalleryRow]] = field(default_factory=dict)
+    misclassified: "PairMisclassified | None" = None
+
+    def get(self, section: str, default=None):
+        return self.groups.get(section, default)
+
+    def figures(self) -> list[Rendered]:
+        return [r for group in self.groups.values() for r in group]
+
+
+def render_all(run: RunData, *, misclassified: bool = True) -> Report:
+    """Every figure of the run, grouped by report section: overview, classes (by index), pair,
+    gallery; gallery rows per class ("class-CC"), for the pair ("pair") and for all ("gallery")."""
+    report = Report({"overview": overview_figures(run), "pair": [], "gallery": []})
     explanation = run.explanation
+    has_maps = run.has("clustering", "prototypes.npz") and bool(run.interpretation_steps)
     if explanation is not None:
         for c, info in sorted(explanation.classes.items()):
-            groups[class_slug(c)] = class_figures(run, info)
-        groups["pair"] = pair_figures(run)
-    if run.has("clustering", "prototypes.npz") and run.interpretation_steps:
-        groups["gallery"] = gallery_figures(run)
-    return groups
+            slug = class_slug(c)
+            report.groups[slug] = class_figures(run, info)
+            if has_maps:
+                report.galleries[slug] = class_gallery(run, info)
+                report.groups[slug] += gallery_pages(report.galleries[slug], f"{slug}-gallery",
+                                                     f"Prototypes of '{run.name(c)}' in its samples")
+        report.groups["pair"] = pair_figures(run)
+        if explanation.pair is not None and has_maps:
+            pair = explanation.pair
+            report.galleries["pair"] = pair_gallery(run)
+            report.groups["pair"] += gallery_pages(report.galleries["pair"], f"pair-{pair.a:02d}-{pair.b:02d}-gallery",
+                                                   f"'{run.name(pair.a)}' vs '{run.name(pair.b)}'")
+            if misclassified:
+                from i2x.report.misclassified import pair_misclassified
+
+                report.misclassified = pair_misclassified(run, pair.a, pair.b)
+    if has_maps:
+        report.galleries["gallery"] = full_gallery(run)
+        report.groups["gallery"] = gallery_pages(report.galleries["gallery"], "gallery", "Prototype gallery")
+    return report

@@ -19,7 +19,8 @@ from matplotlib.patches import Rectangle
 
 from i2x.core.errors import InvalidArgument
 
-DPI = 110
+DPI = 96
+MARKER_LIMIT = 40       # more checkpoints than this: lines without markers
 # Colour-blind friendly cycle (Okabe-Ito) for the few prototypes a figure highlights.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#882255", "#56B4E9", "#44AA99", "#000000"]
 UNCERTAIN_COLOR = "#D55E00"
@@ -47,13 +48,15 @@ def _steps_array(steps, name: str) -> np.ndarray:
 
 # -- Fig. 3 ------------------------------------------------------------------------------------
 def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confidence, *, class_name: str,
-                    key_steps: Sequence[int] = (), next_steps: dict[int, int] | None = None) -> Figure:
+                    key_steps: Sequence[int] = (), next_steps: dict[int, int] | None = None,
+                    numbered: bool = False) -> Figure:
     """Fig. 3: a class's shared prototypes' mean intensity (left axis) and the class's mean
     confidence (right axis) over the checkpoints; key checkpoint intervals shaded.
 
     steps (T,); mean_intensity (T, S) for the S prototypes listed in `prototypes`, averaged over
     the class's samples; mean_confidence (T,). A key step t is the change from t to the next
     checkpoint, so it is shaded from t to next_steps[t] (default: the following step).
+    numbered=True numbers the shaded intervals 1, 2, ... in step order (Fig. 4's numbering).
     """
     steps = _steps_array(steps, "steps")
     mean_intensity = np.asarray(mean_intensity, dtype=float).reshape(len(steps), -1)
@@ -67,15 +70,20 @@ def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confi
     for n, t in enumerate(key_steps):
         ax.axvspan(t, following.get(int(t), t), color="#FFE9A8", alpha=0.8, lw=0,
                    label="key checkpoint (change to the next one)" if n == 0 else None)
+    marker = "o" if len(steps) <= MARKER_LIMIT else None  # many checkpoints: lines only, still readable
     for n, m in enumerate(prototypes):
-        ax.plot(steps, mean_intensity[:, n], marker="o", ms=3, lw=1.6, color=PALETTE[n % len(PALETTE)],
+        ax.plot(steps, mean_intensity[:, n], marker=marker, ms=3, lw=1.6, color=PALETTE[n % len(PALETTE)],
                 label=f"{proto(m)} intensity")
     ax.set_xlabel("training step (checkpoint)")
     ax.set_ylabel("mean prototype intensity\n(saliency summed over the prototype's positions)")
     twin = ax.twinx()
     twin.plot(steps, mean_confidence, color="black", lw=2.2, ls="--", label=f"confidence of '{class_name}'")
     twin.set_ylabel(f"mean confidence of class '{class_name}'")
-    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylim(-0.02, 1.12 if numbered else 1.02)
+    if numbered:
+        for n, t in enumerate(sorted(key_steps)):
+            twin.annotate(str(n + 1), ((t + following.get(int(t), t)) / 2, 1.1), ha="center", va="top",
+                          fontsize=8, fontweight="bold", color="#7A5A00")
     handles, labels = ax.get_legend_handles_labels()
     twin_handles, twin_labels = twin.get_legend_handles_labels()
     ax.legend(handles + twin_handles, labels + twin_labels, fontsize=8, loc="upper center",

@@ -7,7 +7,7 @@ fine-tuning table, no explanation yet) come back as None and the report says wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -39,6 +39,10 @@ class ClassExplanation:
     shared: list[int]
     specialized: list[dict]  # {"prototypes": [...], "size": n} per group of the class's samples
     key_checkpoints: list[KeyCheckpoint]
+    # schema 2 (docs/EXPLANATION.md): fraction of the class's samples holding each prototype (M,),
+    # and every statement with its support; None / [] in schema 1 (the report then computes presence).
+    presence: list[float] | None = None
+    statement_details: list[dict] = field(default_factory=list)
 
     @property
     def opponents(self) -> list[int]:
@@ -68,6 +72,20 @@ class PairExplanation:
     uncertain_source: str | None
     steps: list[int]
     rows: list[dict]           # pair_analysis "prototypes" rows (category, presence, flips, contribution)
+    reason: str = "most-confused"   # why this pair is analysed: "most-confused", "next-confused" or "given"
+    skipped: list[dict] = field(default_factory=list)  # more confused pairs passed over: {a, b, count, ...}
+
+
+@dataclass
+class ConfusedPair:
+    """The pair with the most test confusions (both directions summed)."""
+
+    a: int
+    b: int
+    count: int | None
+    a_to_b: int | None
+    b_to_a: int | None
+    tie_break: str | None = None
 
 
 @dataclass
@@ -79,6 +97,13 @@ class ExplanationView:
     uncertain_prototype: int | None
     curation: dict | None
     raw: dict
+    most_confused: ConfusedPair | None = None
+    warnings: list[dict] = field(default_factory=list)      # [{code, message}]
+    background: list[int] = field(default_factory=list)     # prototypes flagged background
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.raw.get("schema_version", 1))
 
     @classmethod
     def parse(cls, doc: dict) -> "ExplanationView":
@@ -97,14 +122,32 @@ class ExplanationView:
                 index, str(entry.get("name", index)), int(entry.get("n_samples", 0)), _ints(entry.get("shared")),
                 [{"prototypes": _ints(g.get("prototypes")), "size": int(g.get("size", len(g.get("members", []))))}
                  for g in entry.get("specialized", [])],
-                sorted(keys, key=lambda k: k.step))
-        pair = None
+                sorted(keys, key=lambda k: k.step),
+                presence=[float(x) for x in entry["presence"]] if entry.get("presence") is not None else None,
+                statement_details=[dict(d) for d in entry.get("statement_details") or [] if isinstance(d, dict)])
+        pair, most = None, None
+        confused = doc.get("most_confused_pair") or {}
+        analysed = doc.get("analysed_pair")
+        if analysed is None and confused:
+            # Schema 1: most_confused_pair is the analysed pair; with source "confusion-fallback" the
+            # truly most confused pair is the first of `skipped` (passed over: no uncertain prototype).
+            reason = {"confusion": "most-confused", "confusion-fallback": "next-confused",
+                      "given": "given"}.get(confused.get("source"), "most-confused")
+            analysed = {**confused, "reason": reason}
+            skipped = confused.get("skipped") or []
+            if reason == "next-confused" and skipped:
+                confused = dict(skipped[0])
+            elif reason == "given":
+                confused = {}
+        if confused and confused.get("a") is not None:
+            most = ConfusedPair(int(confused["a"]), int(confused["b"]), confused.get("count"), confused.get("a_to_b"),
+                                confused.get("b_to_a"), confused.get("tie_break"))
         analysis = doc.get("pair_analysis")
         if analysis:
-            confused = doc.get("most_confused_pair") or {}
+            analysed = analysed or {}
             pair = PairExplanation(
-                a=int(analysis["a"]), b=int(analysis["b"]), count=confused.get("count"),
-                a_to_b=confused.get("a_to_b"), b_to_a=confused.get("b_to_a"),
+                a=int(analysis["a"]), b=int(analysis["b"]), count=analysed.get("count"),
+                a_to_b=analysed.get("a_to_b"), b_to_a=analysed.get("b_to_a"),
                 reliable=[int(r["prototype"]) for r in analysis.get("reliable", [])],
                 favours={int(r["prototype"]): int(r["favours"]) for r in analysis.get("reliable", [])
                          if r.get("favours") is not None},
@@ -112,9 +155,14 @@ class ExplanationView:
                 compensated=[int(r["prototype"]) for r in analysis.get("compensated", [])],
                 uncertain_prototype=analysis.get("uncertain_prototype"),
                 uncertain_source=analysis.get("uncertain_prototype_source"),
-                steps=_ints(analysis.get("steps")), rows=list(analysis.get("prototypes", [])))
+                steps=_ints(analysis.get("steps")), rows=list(analysis.get("prototypes", [])),
+                reason=str(analysed.get("reason") or "most-confused"),
+                skipped=[dict(s) for s in analysed.get("skipped") or []])
         uncertain = doc.get("uncertain_prototype")
-        return cls(classes, pair, None if uncertain is None else int(uncertain), doc.get("curation"), doc)
+        warnings = [{"code": str(w.get("code", "")), "message": str(w.get("message", ""))}
+                    for w in doc.get("warnings") or [] if isinstance(w, dict)]
+        return cls(classes, pair, None if uncertain is None else int(uncertain), doc.get("curation"), doc,
+                   most_confused=most, warnings=warnings, background=_ints(doc.get("background_prototypes")))
 
 
 class RunData:
@@ -261,6 +309,59 @@ class RunData:
         if not self.has("explanation", "explanation.json"):
             return None
         return ExplanationView.parse(self._json("explanation", "explanation.json"))
+
+    @cached_property
+    def _computed_presence(self) -> np.ndarray:
+        """(K, M): fraction of class c's explanation samples whose assignment map holds prototype m."""
+        labels, maps = self.explanation_labels, self.assignments
+        M = max(self.n_prototypes, int(maps.max()) + 1)
+        held = np.zeros((len(labels), M), bool)
+        held[np.repeat(np.arange(len(labels)), maps[0].size), maps.reshape(len(labels), -1).ravel()] = True
+        K = len(self.class_names)
+        return np.stack([held[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(M) for c in range(K)])
+
+    def presence(self, c: int, m: int) -> float | None:
+        """Share of class c's explanation samples holding prototype m: explanation.json's
+        per_class[c].presence when present (schema 2), else computed from the assignment maps."""
+        info = self.explanation.classes.get(c) if self.explanation else None
+        if info is not None and info.presence is not None and 0 <= m < len(info.presence):
+            return info.presence[m]
+        if not self.has("clustering", "prototypes.npz"):
+            return None
+        table = self._computed_presence
+        return float(table[c, m]) if 0 <= c < table.shape[0] and 0 <= m < table.shape[1] else None
+
+    @cached_property
+    def placement(self) -> list[dict]:
+        """Where each interpretation unit ran: [{step, node, device, seconds}] from
+        interpretation/index.json when it records placement (a `placement` list or mapping, or
+        per-unit objects under `units`), else []. Unknown parts are None."""
+        if not self.has("interpretation", "index.json"):
+            return []
+        index = self._json("interpretation", "index.json")
+        if not isinstance(index, dict):
+            return []
+        raw = index.get("placement")
+        if isinstance(raw, dict):
+            raw = [{"step": k, **v} if isinstance(v, dict) else {"step": k, "node": v} for k, v in raw.items()]
+        if not isinstance(raw, list):
+            raw = [u for u in index.get("units") or [] if isinstance(u, dict)]
+        out = []
+        for entry in raw:
+            if not isinstance(entry, dict):
+                continue
+            node = entry.get("node_id", entry.get("node", entry.get("worker")))
+            device = entry.get("device")
+            seconds = entry.get("seconds", entry.get("duration_s", entry.get("elapsed_s")))
+            if node is None and device is None and seconds is None:
+                continue
+            try:
+                seconds = None if seconds is None else float(seconds)
+            except (TypeError, ValueError):
+                seconds = None
+            out.append({"step": entry.get("step"), "node": None if node is None else str(node),
+                        "device": None if device is None else str(device), "seconds": seconds})
+        return out
 
     def pair_contributions(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(steps (T-1,), D (T-1, M)) with D_t[m] = W_t[m, a] - W_t[m, b]: > 0 favours a."""
