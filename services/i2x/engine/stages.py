@@ -709,8 +709,10 @@ def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope
 
 
 def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress: Progress = None,
-                 cancel=None) -> dict:
-    """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table."""
+                 cancel=None, map_runs=None) -> dict:
+    """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table.
+    map_runs: how the (protocol, repeat) units run (i2x.core.finetune.run_protocols; the training
+    service passes a Ray fan-out); default: here, one after the other."""
     from i2x.core.finetune import PROTOCOLS, run_protocols, table_markdown
     from i2x.data import ArrayDataset, DatasetSpec, load_dataset
     from i2x.models import ModelSpec, build_model, checkpoint_from_bytes
@@ -736,9 +738,11 @@ def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress:
     spec = ModelSpec.from_dict(record["model"])
     pair = tuple(int(c) for c in curated["pair"])
     kwargs = {k: v for k, v in (("lr", params.lr), ("batch_size", params.batch_size)) if v is not None}
+    device = params.device or (record.get("train") or {}).get("device") or "auto"
     table = run_protocols(lambda: build_model(spec), state, full, curated_set, test, pair,
                           mean=record["mean"], std=record["std"], protocols=tuple(params.protocols),
-                          repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel, **kwargs)
+                          repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel,
+                          device=device, map_runs=map_runs, **kwargs)
     table["prototype"] = int(curated["prototype"])
     table["sizes"] = {"full": int(len(full.labels)), "curated": int(len(kept))}
     store.put_json(_key(run_id, "finetune", "table.json"), table)
