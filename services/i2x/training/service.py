@@ -12,6 +12,7 @@ from i2x.engine.params import FinetuneParams
 from i2x.servicers import (StageServicer, count, dataset_spec, finetune_params, model_spec, number, run_id_of,
                            run_to_proto, stage_progress, train_config)
 from i2x.storage import run_key
+from i2x.training import ray_tasks
 from i2x.storage.base import check_key
 from i2x.v1 import training_pb2, training_pb2_grpc
 
@@ -26,12 +27,14 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
     def job_function(self, kind, run_id, params):
         store = self.store
         if kind == "train":
-            return lambda ctx: _train_summary(stages.train_run(store, run_id, **stage_progress(ctx)))
+            train_run = ray_tasks.train_runner()  # a Ray task (I2X_TRAIN_ON_RAY) or in this process
+            return lambda ctx: _train_summary(train_run(store, run_id, **stage_progress(ctx)))
         if kind == "register":
             pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
             return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs))
         if kind == "finetune":
             return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
+                                                   map_runs=ray_tasks.finetune_map_runs(**stage_progress(ctx)),
                                                    **stage_progress(ctx))
         return None
 
@@ -54,6 +57,7 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         if record.get("train") is None:
             raise FailedPrecondition(f"run {run_id!r} has no train config; create it with one or register "
                                      "checkpoints instead", field="run_id")
+        await asyncio.to_thread(ray_tasks.check_request, record["train"].get("device"), "train.device")
         return await self.start("train", run_id, {})
 
     async def RegisterCheckpoints(self, request, context):
@@ -84,7 +88,11 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
 
     async def StartFinetune(self, request, context):
         run_id = run_id_of(request)
-        return await self.start("finetune", run_id, finetune_params(request.params).to_dict())
+        params = finetune_params(request.params)
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
+        device = params.device or (record.get("train") or {}).get("device")
+        await asyncio.to_thread(ray_tasks.check_request, device, "params.device" if params.device else "train.device")
+        return await self.start("finetune", run_id, params.to_dict())
 
     async def GetFinetuneTable(self, request, context):
         run_id = run_id_of(request)
