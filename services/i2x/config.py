@@ -56,6 +56,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_LOG_LEVEL", "INFO", "logging level"),
     Setting("I2X_MAX_CHECKPOINTS", "2000",
             "CreateRun refuses a training that would take more checkpoints than this (INVALID_ARGUMENT)"),
+    Setting("I2X_RAY_SCALABLE_GPUS", "0",
+            "GPUs of one node the Ray autoscaler can add (the GPU worker group's nvidia.com/gpu limit); "
+            "requests for more GPUs per task than any node has or can get are refused (0: only the nodes up now)"),
+    Setting("I2X_TRAIN_ON_RAY", "false",
+            "run training and each fine-tuning (protocol, repeat) as Ray tasks (true) or in the training "
+            "service's process (false)"),
+    Setting("I2X_TRAIN_GPUS", "auto",
+            "GPUs per training / fine-tuning Ray task: 'auto' (1 when the cluster has GPUs, else 0) or a number"),
+    Setting("I2X_TRAIN_CPUS", "1", "CPUs per training / fine-tuning Ray task"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

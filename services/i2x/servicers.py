@@ -19,6 +19,7 @@ from i2x import access
 from i2x.core.errors import InvalidArgument, ResourceExhausted
 from i2x.limits import check_id_length, json_object, max_jobs, quote
 from i2x.engine import stages
+from i2x.core.device import check_device, check_precision
 from i2x.engine.params import ClusterParams, ExplainParams, FinetuneParams, InterpretParams, PrototypeParams
 from i2x.jobs import JobContext, JobManager, JobRecord
 from i2x.storage import Store, validate_id
@@ -149,7 +150,11 @@ def interpret_params(message: common_pb2.InterpretParams, n_classes: int | None 
     elif message.HasField("target_class"):
         raise InvalidArgument("target_class is only read with target_mode TARGET_MODE_CLASS", field="params.target_class")
     if message.HasField("batch_size"):
-        params.batch_size = count(message.batch_size, "params.batch_size", high=4096)
+        params.batch_size = count(message.batch_size, "params.batch_size", low=0, high=4096)
+    if message.HasField("device"):
+        params.device = check_device(message.device, field="params.device")
+    if message.HasField("precision"):
+        params.precision = check_precision(message.precision, field="params.precision")
     return params
 
 
@@ -233,6 +238,8 @@ def finetune_params(message: common_pb2.FinetuneParams) -> FinetuneParams:
         params.batch_size = count(message.batch_size, "params.batch_size", high=65536)
     if message.HasField("seed"):
         params.seed = count(message.seed, "params.seed", low=0, high=2**32 - 1)
+    if message.HasField("device"):
+        params.device = check_device(message.device, field="params.device")
     return params
 
 

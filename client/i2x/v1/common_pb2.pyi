@@ -101,16 +101,20 @@ class TrainConfig(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., schedule: _Optional[str] = ..., checkpoint_every: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., include_initial: bool = ...) -> None: ...
 
 class InterpretParams(_message.Message):
-    __slots__ = ("target_layer", "target_mode", "target_class", "batch_size")
+    __slots__ = ("target_layer", "target_mode", "target_class", "batch_size", "device", "precision")
     TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     target_layer: str
     target_mode: TargetMode
     target_class: int
     batch_size: int
-    def __init__(self, target_layer: _Optional[str] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_class: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    device: str
+    precision: str
+    def __init__(self, target_layer: _Optional[str] = ..., target_mode: _Optional[_Union[TargetMode, str]] = ..., target_class: _Optional[int] = ..., batch_size: _Optional[int] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class PrototypeParams(_message.Message):
     __slots__ = ("n_prototypes", "n_components", "max_fit_vectors", "random_state")
@@ -149,18 +153,20 @@ class ExplainParams(_message.Message):
     def __init__(self, tau: _Optional[float] = ..., lam: _Optional[float] = ..., pair: _Optional[_Iterable[int]] = ..., curation_scope: _Optional[_Union[CurationScope, str]] = ..., extra_json: _Optional[str] = ...) -> None: ...
 
 class FinetuneParams(_message.Message):
-    __slots__ = ("protocols", "repeats", "lr", "batch_size", "seed")
+    __slots__ = ("protocols", "repeats", "lr", "batch_size", "seed", "device")
     PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     protocols: _containers.RepeatedScalarFieldContainer[FinetuneProtocol]
     repeats: int
     lr: float
     batch_size: int
     seed: int
-    def __init__(self, protocols: _Optional[_Iterable[_Union[FinetuneProtocol, str]]] = ..., repeats: _Optional[int] = ..., lr: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    device: str
+    def __init__(self, protocols: _Optional[_Iterable[_Union[FinetuneProtocol, str]]] = ..., repeats: _Optional[int] = ..., lr: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("step", "key", "epoch", "loss", "accuracy")

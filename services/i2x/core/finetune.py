@@ -31,51 +31,103 @@ _STAGE_SEED_STRIDE = 10_000
 _METRICS = ("accuracy", "a_to_b", "b_to_a", "sum")
 
 
+def protocol_runs(protocols, repeats: int) -> list[tuple[str, int]]:
+    """The independent units of Table 1, in table order: (protocol, repeat) for every repeat."""
+    return [(protocol, r) for protocol in protocols for r in range(repeats)]
+
+
+def stages_of(protocol: str) -> list[str]:
+    return protocol.split("->")
+
+
+def finetune_once(build: Callable[[], nn.Module], final_state: dict, full, curated, test, pair: tuple[int, int],
+                  protocol: str, repeat: int, *, mean, std, lr: float = 1e-4, batch_size: int = 64,
+                  optimizer: str = "adam", seed: int = 0, device: str = "cpu", on_stage=None,
+                  cancel=None) -> dict:
+    """One (protocol, repeat) of Table 1 from `final_state`: its stages, then the test metrics.
+
+    Depends on nothing but its arguments (seeds seed + repeat + 10_000 * stage), so the units can run
+    in any order, in any process: a Ray fan-out gives the serial run's numbers.
+    Returns {"seed", "accuracy", "a_to_b", "b_to_a", "sum", "confusion"}; on_stage(stage) after each stage.
+    """
+    from i2x.models import load_weights
+
+    a, b = int(pair[0]), int(pair[1])
+    stage_sets = {"full": full, "curated": curated}
+    model = build()
+    load_weights(model, final_state)
+    for i, stage in enumerate(stages_of(protocol)):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"fine-tuning cancelled during {protocol} repeat {repeat + 1}")
+        config = TrainConfig(preset="finetune", epochs=1, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                             schedule="constant", checkpoint_every=10**9, seed=seed + repeat + _STAGE_SEED_STRIDE * i,
+                             device=device)
+        train(model, stage_sets[stage], config, mean=mean, std=std, on_checkpoint=lambda _c: None, cancel=cancel)
+        if on_stage is not None:
+            on_stage(stage)
+    return {"seed": seed + repeat, **_pair_metrics(model, test, a, b, mean, std)}
+
+
+def _pair_metrics(model, test, a: int, b: int, mean, std) -> dict:
+    result = evaluate(model, test, mean=mean, std=std)
+    confusion = result["confusion"]
+    a_to_b, b_to_a = int(confusion[a, b]), int(confusion[b, a])
+    return {"accuracy": result["accuracy"], "a_to_b": a_to_b, "b_to_a": b_to_a, "sum": a_to_b + b_to_a,
+            "confusion": confusion}
+
+
 def run_protocols(build: Callable[[], nn.Module], final_state: dict, full, curated, test, pair: tuple[int, int], *,
                   mean, std, protocols=PROTOCOLS, repeats: int = 5, lr: float = 1e-4, batch_size: int = 64,
-                  optimizer: str = "adam", seed: int = 0, device: str = "cpu", progress=None, cancel=None) -> dict:
-    """Run `protocols` x `repeats` fine-tunings from `final_state` and evaluate each on `test`."""
+                  optimizer: str = "adam", seed: int = 0, device: str = "cpu", progress=None, cancel=None,
+                  map_runs=None) -> dict:
+    """Run `protocols` x `repeats` fine-tunings from `final_state` and evaluate each on `test`.
+
+    map_runs(units, inputs, options) -> iterable of the results of
+    finetune_once(**inputs, protocol=, repeat=, **options), one per (protocol, repeat) of `units`, in
+    that order (i2x.training.ray_tasks fans them out as Ray tasks); default: here, in turn.
+    """
+    from i2x.core.device import resolve_device
     from i2x.models import load_weights
 
     a, b = _validate(pair, protocols, repeats, full, curated, test)
-    stage_sets = {"full": full, "curated": curated}
-    total = repeats * sum(len(p.split("->")) for p in protocols)
+    total = repeats * sum(len(stages_of(p)) for p in protocols)
     done = 0
-
-    def pair_metrics(model) -> dict:
-        result = evaluate(model, test, mean=mean, std=std)
-        confusion = result["confusion"]
-        a_to_b, b_to_a = int(confusion[a, b]), int(confusion[b, a])
-        return {"accuracy": result["accuracy"], "a_to_b": a_to_b, "b_to_a": b_to_a, "sum": a_to_b + b_to_a,
-                "confusion": confusion}
 
     baseline_model = build()
     load_weights(baseline_model, final_state)
-    baseline_model.to(device)
-    baseline = pair_metrics(baseline_model)
+    baseline_model.to(resolve_device(device))
+    baseline = _pair_metrics(baseline_model, test, a, b, mean, std)
     baseline_confusion = baseline.pop("confusion")
     confusions = {}  # protocol -> confusion matrix averaged over the repeats (Fig. 8, after fine-tuning)
 
-    rows = []
-    for protocol in protocols:
-        runs, matrices = [], []
-        for r in range(repeats):
-            model = build()
-            load_weights(model, final_state)
-            for i, stage in enumerate(protocol.split("->")):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"fine-tuning cancelled during {protocol} repeat {r + 1}/{repeats}")
-                config = TrainConfig(preset="finetune", epochs=1, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                     schedule="constant", checkpoint_every=10**9, seed=seed + r + _STAGE_SEED_STRIDE * i,
-                                     device=device)
-                train(model, stage_sets[stage], config, mean=mean, std=std, on_checkpoint=lambda _c: None,
-                      cancel=cancel)
+    units = protocol_runs(protocols, repeats)
+    inputs = {"build": build, "final_state": final_state, "full": full, "curated": curated, "test": test,
+              "pair": (a, b)}
+    options = {"mean": mean, "std": std, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed,
+               "device": device}
+    if map_runs is None:
+        def map_runs(todo, inputs, options):
+            def on_stage(protocol, r, stage):
+                nonlocal done
                 done += 1
                 if progress is not None:
                     progress(done, total, f"{protocol} repeat {r + 1}/{repeats} stage {stage}")
-            metrics = pair_metrics(model)
-            matrices.append(metrics.pop("confusion"))
-            runs.append({"seed": seed + r, **metrics})
+
+            for protocol, r in todo:
+                yield finetune_once(protocol=protocol, repeat=r, cancel=cancel,
+                                    on_stage=lambda stage, p=protocol, r=r: on_stage(p, r, stage), **inputs, **options)
+
+    by_protocol: dict[str, list[dict]] = {p: [] for p in protocols}
+    results = list(map_runs(units, inputs, options))
+    if len(results) != len(units):  # a fan-out that lost a unit must not shrink the table unseen
+        raise RuntimeError(f"fine-tuning returned {len(results)} of {len(units)} runs")
+    for (protocol, _r), run in zip(units, results):
+        by_protocol[protocol].append(run)
+
+    rows = []
+    for protocol in protocols:
+        runs = by_protocol[protocol]
+        matrices = [run.pop("confusion") for run in runs]
         confusions[protocol] = np.mean(matrices, axis=0).tolist()
         row = {"protocol": protocol}
         row.update({metric: _mean_std([run[metric] for run in runs]) for metric in _METRICS})

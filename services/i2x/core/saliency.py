@@ -20,6 +20,13 @@ Two paths, same result where both apply:
   ``torch.autograd.grad`` per class asked for.
 
 Maps are never upsampled; confidences and predictions come from the same forward pass.
+
+Device: ``device`` is resolved by i2x.core.device (``auto``: CUDA when torch sees a GPU; a GPU
+asked for where there is none is an error, never a silent CPU run). On CUDA the images are pinned
+once and each batch is copied with non_blocking; the per-batch results stay on the device and are
+copied to the host once at the end, so batches do not wait on each other. ``precision`` bf16/fp16
+runs the forward pass under autocast; the Grad-CAM sums themselves (einsum, alpha * A) are taken in
+fp32. The CAM structure check of the first batch always runs in fp32.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from i2x.core.device import autocast, batch_size_for, check_precision, resolve_device
 from i2x.core.errors import Cancelled, InvalidArgument
 
 # (type(model).__name__, target layer) -> name of the Linear head fed by GAP of that layer's output.
@@ -57,18 +65,24 @@ class GradCAM:
     ``cam(images, targets="predicted")``: targets is "predicted", "label" (then pass labels),
     one class index, or one index per sample. `uses_cam_path` says which path is in use
     (None until the first call has verified the structure).
+    device: cpu, cuda, cuda:N, mps or auto (i2x.core.device). batch_size: images per pass; 0 or
+    None sizes it to the device's free memory. precision: fp32, bf16 or fp16 (autocast).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str, *, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, model: nn.Module, target_layer: str, *, batch_size: int | None = 64,
+                 device: str | torch.device = "auto", precision: str = "fp32"):
         from i2x.models import resolve_layer
 
-        if batch_size < 1:
-            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
-        self.model = model.to(device)
+        if batch_size is not None and batch_size < 0:
+            raise InvalidArgument(f"batch_size must be >= 1 (0: sized to the device), got {batch_size}",
+                                  field="batch_size")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = check_precision(precision)
+        autocast(self.device, self.precision)  # fp16 on the CPU is refused here, not in the first batch
+        self.model = model.to(self.device)
         self.target_layer = target_layer
         self.layer = resolve_layer(model, target_layer)
-        self.batch_size = batch_size
-        self.device = torch.device(device)
+        self.batch_size = batch_size or None
         self.head = self._find_head()
         self.uses_cam_path: bool | None = None if self.head is not None else False
 
@@ -81,17 +95,25 @@ class GradCAM:
                                   field="images")
         n = images.shape[0]
         target_spec = self._target_spec(targets, labels, n)
+        batch_size = self.batch_size or self._auto_batch_size(images)
+        if self.device.type == "cuda" and images.device.type == "cpu" and not images.is_pinned():
+            images = images.pin_memory()  # page-locked: the copies below can overlap the compute
         was_training = self.model.training
         self.model.eval()
         parts = []
         try:
-            for start in range(0, n, self.batch_size):
-                batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
+            for start in range(0, n, batch_size):
+                batch = images[start:start + batch_size].to(self.device, non_blocking=True)
                 batch_targets = target_spec if isinstance(target_spec, str) else target_spec[start:start + len(batch)]
                 parts.append(self._batch(batch, batch_targets, all_classes, return_features))
         finally:
             self.model.train(was_training)
         return _concat(parts, n)
+
+    def _auto_batch_size(self, images: torch.Tensor) -> int:
+        # Roughly 40 input-sized float32 tensors live per image during a ResNet forward pass.
+        per_image = int(np.prod(images.shape[1:])) * 4 * 40
+        return batch_size_for(self.device, per_image)
 
     # ----------------------------------------------------------------------------------- batches
 
@@ -120,13 +142,16 @@ class GradCAM:
         handles = [self.layer.register_forward_hook(on_layer), self.head.register_forward_hook(on_head)]
         try:
             with torch.inference_mode():
-                logits = _logits(self.model(x))
+                # The structure check compares at fp32 tolerances: the first batch runs without autocast.
+                with autocast(self.device, "fp32" if verifying else self.precision):
+                    logits = _logits(self.model(x))
                 activation = captured.get("A")
                 if self.uses_cam_path is None and not self._verify(activation, captured, logits):
                     self.uses_cam_path = False
                     return None
                 self.uses_cam_path = True
-                weight = self.head.weight  # (K, d)
+                activation, logits = activation.float(), logits.float()
+                weight = self.head.weight.float()  # (K, d)
                 hw = activation.shape[2] * activation.shape[3]
                 confidences = torch.softmax(logits, dim=1)
                 predictions = logits.argmax(dim=1)
@@ -135,8 +160,8 @@ class GradCAM:
                 saliency = torch.relu(torch.einsum("nd,ndhw->nhw", weight[target_idx], activation) / hw)
                 class_maps = (torch.relu(torch.einsum("kd,ndhw->nkhw", weight, activation) / hw)
                               if all_classes else None)
-                return _to_numpy(saliency, confidences, predictions, class_maps,
-                                 activation if return_features else None, target_idx)
+                return _on_device(saliency, confidences, predictions, class_maps,
+                                  activation if return_features else None, target_idx)
         finally:
             for handle in handles:
                 handle.remove()
@@ -159,7 +184,9 @@ class GradCAM:
             for p, _ in saved:
                 p.requires_grad_(False)
             with torch.enable_grad():
-                logits = _logits(self.model(x))
+                with autocast(self.device, self.precision):
+                    logits = _logits(self.model(x))
+                logits = logits.float()
                 activation = captured["A"]
                 if activation.ndim != 4:
                     raise InvalidArgument(f"layer {self.target_layer!r} outputs shape {tuple(activation.shape)}; "
@@ -174,8 +201,8 @@ class GradCAM:
                         self._grad_cam(logits, activation, torch.full_like(predictions, c), retain=c < k - 1)
                         for c in range(k)], dim=1)
             confidences = torch.softmax(logits.detach(), dim=1)
-            return _to_numpy(saliency, confidences, predictions, class_maps,
-                             activation.detach() if return_features else None, target_idx)
+            return _on_device(saliency, confidences, predictions, class_maps,
+                              activation.detach() if return_features else None, target_idx)
         finally:
             handle.remove()
             for p, flag in saved:
@@ -186,8 +213,8 @@ class GradCAM:
         # Samples are independent in eval mode, so the gradient of the sum is each sample's gradient.
         score = logits.gather(1, target_idx.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, activation, retain_graph=retain)
-        alpha = grad.mean(dim=(2, 3), keepdim=True)
-        return torch.relu((alpha * activation.detach()).sum(dim=1))
+        alpha = grad.float().mean(dim=(2, 3), keepdim=True)
+        return torch.relu((alpha * activation.detach().float()).sum(dim=1))
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -242,7 +269,7 @@ class GradCAM:
 def interpret_checkpoints(model: nn.Module, states: Iterable[tuple[int, dict]], images: torch.Tensor, *,
                           target_layer: str, targets="predicted", labels=None, batch_size: int = 64,
                           progress=None, cancel=None, all_classes: bool = False,
-                          device: str = "cpu") -> Iterator[tuple[int, SaliencyResult]]:
+                          device: str = "auto", precision: str = "fp32") -> Iterator[tuple[int, SaliencyResult]]:
     """For each (step, state_dict): load it into `model` and yield (step, Grad-CAM of `images`).
 
     `images` is decoded once by the caller (i2x.data.to_tensor) and reused for every checkpoint;
@@ -250,7 +277,7 @@ def interpret_checkpoints(model: nn.Module, states: Iterable[tuple[int, dict]], 
     """
     from i2x.models import load_weights
 
-    cam = GradCAM(model, target_layer, batch_size=batch_size, device=device)
+    cam = GradCAM(model, target_layer, batch_size=batch_size, device=device, precision=precision)
     total = len(states) if hasattr(states, "__len__") else 0
     for done, (step, state) in enumerate(states, start=1):
         if cancel is not None and cancel.is_set():
@@ -271,14 +298,15 @@ def _logits(output) -> torch.Tensor:
                           field="model")
 
 
-def _to_numpy(saliency, confidences, predictions, class_maps, activation, targets) -> dict:
+def _on_device(saliency, confidences, predictions, class_maps, activation, targets) -> dict:
+    """One batch's results, still on the device (copied to the host once, by _concat)."""
     return {
-        "saliency": saliency.detach().float().cpu().numpy(),
-        "confidences": confidences.float().cpu().numpy(),
-        "predictions": predictions.cpu().numpy().astype(np.int64),
-        "class_maps": None if class_maps is None else class_maps.detach().float().cpu().numpy(),
-        "features": None if activation is None else activation.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy(),
-        "targets": targets.cpu().numpy().astype(np.int64),
+        "saliency": saliency.detach().float(),
+        "confidences": confidences.float(),
+        "predictions": predictions.long(),
+        "class_maps": None if class_maps is None else class_maps.detach().float(),
+        "features": None if activation is None else activation.permute(0, 2, 3, 1).to(torch.float16),
+        "targets": targets.long(),
     }
 
 
@@ -288,5 +316,9 @@ def _concat(parts: list[dict], n: int) -> SaliencyResult:
     joined = {}
     for key in ("saliency", "confidences", "predictions", "class_maps", "features", "targets"):
         values = [p[key] for p in parts]
-        joined[key] = None if values[0] is None else (values[0] if len(values) == 1 else np.concatenate(values))
+        if values[0] is None:
+            joined[key] = None
+            continue
+        tensor = values[0] if len(values) == 1 else torch.cat(values)
+        joined[key] = tensor.cpu().numpy()  # the one device -> host copy of the call
     return SaliencyResult(**joined)

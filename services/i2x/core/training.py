@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from i2x.core.device import DEVICE_HELP, check_device, resolve_device
 from i2x.core.errors import Cancelled, InvalidArgument, check_fields
 
 if TYPE_CHECKING:  # i2x.data imports this module's neighbours; only the annotation needs it
@@ -40,7 +41,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     checkpoint_every: int = 16
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # cpu | cuda | cuda:N | mps | auto (i2x.core.device: a GPU when torch sees one)
     include_initial: bool = False
 
     @classmethod
@@ -72,8 +73,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every",
              f"checkpoint_every must be >= 1 iteration, got {self.checkpoint_every}"),
             (self.weight_decay >= 0, "weight_decay", f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (str(self.device).split(":")[0] in ("cpu", "cuda", "mps"), "device",
-             f"device must be cpu, cuda[:N] or mps, got {self.device!r}"),
+            (_device_ok(self.device), "device", f"device must be {DEVICE_HELP}, got {self.device!r}"),
         ]
         for ok, name, message in checks:
             if not ok:
@@ -171,7 +171,7 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
     config.validate()
     if len(train) == 0:
         raise InvalidArgument("the training set is empty; give a dataset with samples", field="dataset")
-    device = torch.device(config.device)
+    device = resolve_device(config.device, field="train.device")  # a GPU asked for and absent: an error
     model.to(device)
     optimizer = _optimizer(model, config)
     per_epoch = iterations_per_epoch(len(train), config.batch_size)
@@ -206,8 +206,8 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"training cancelled at step {step} of {total}")
             batch = permutation[start:start + config.batch_size]
-            x = to_tensor(train.images[batch], mean, std).to(device)
-            y = labels_all[batch].to(device)
+            x = to_tensor(train.images[batch], mean, std).to(device, non_blocking=True)
+            y = labels_all[batch].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -248,6 +248,14 @@ def evaluate(model: nn.Module, data, *, mean, std, batch_size: int = 256) -> dic
     np.add.at(confusion, (labels, predictions), 1)
     accuracy = float((predictions == labels).mean()) if len(labels) else 0.0
     return {"accuracy": accuracy, "confusion": confusion, "predictions": predictions}
+
+
+def _device_ok(text) -> bool:
+    try:
+        check_device(text)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

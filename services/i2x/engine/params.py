@@ -20,7 +20,9 @@ class _Params:
 class InterpretParams(_Params):
     target_layer: str | None = None   # None: the architecture's default layer
     target: str = "predicted"         # "predicted" | "label" | a class index as text ("7")
-    batch_size: int = 64
+    batch_size: int = 64              # images per pass; 0: sized to the device's free memory
+    device: str = "auto"              # cpu | cuda | cuda:N | auto (i2x.core.device); a Ray unit's cuda is its GPU
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast of the forward pass; fp16 needs a GPU)
 
 
 @dataclass
@@ -54,3 +56,4 @@ class FinetuneParams(_Params):
     lr: float | None = None           # None: the core's default fine-tuning learning rate
     batch_size: int | None = None
     seed: int = 0
+    device: str | None = None         # None: the run's training device (TrainConfig.device)

@@ -37,6 +37,10 @@ def interpretation_key(run_id: str, step: int) -> str:
     return _key(run_id, "interpretation", f"{step_name(step)}.npz")
 
 
+def placement_key(run_id: str, step: int) -> str:
+    return _key(run_id, "interpretation", "placement", f"{step_name(step)}.json")
+
+
 def _report(progress: Progress, done: int, total: int, message: str, artifact: str | None = None) -> None:
     if progress is not None:
         progress(done, total, message, artifact)
@@ -189,6 +193,16 @@ class _RunContext:
         self.labels = data["labels"]
         self.images_uint8 = data["images"]
         self.images = self.tensor(self.images_uint8)
+        self._pinned = None
+
+    def images_for(self, device):
+        """The explanation images for a unit on `device`: page-locked once per run on CUDA, so every
+        checkpoint's batches are copied host -> device without staging (non_blocking)."""
+        if getattr(device, "type", "cpu") != "cuda":
+            return self.images
+        if self._pinned is None:
+            self._pinned = self.images.pin_memory()
+        return self._pinned
 
     def tensor(self, images: np.ndarray):
         """uint8 NHWC -> normalized NCHW at the model's input size; done once per run."""
@@ -203,12 +217,15 @@ class _RunContext:
         return x
 
     @contextmanager
-    def checkpoint(self, store: Store, run_id: str, step: int):
-        """The run's model with the weights of `step`, exclusively for the `with` block."""
+    def checkpoint(self, store: Store, run_id: str, step: int, device=None):
+        """The run's model with the weights of `step`, exclusively for the `with` block; with `device`,
+        the model is moved there and the weights are loaded onto it."""
         from i2x.models import checkpoint_from_bytes, load_weights
 
-        state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)))
+        state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, step)), device=device)
         with self.lock:
+            if device is not None:
+                self.model.to(device)
             load_weights(self.model, state)
             self.model.eval()
             yield self.model
@@ -425,10 +442,11 @@ def _interpretation_params(store: Store, run_id: str, params: InterpretParams, l
     is replaced: a bad try never blocks a good one."""
     key = _key(run_id, "interpretation", "params.json")
     wanted = {**params.to_dict(), "target_layer": layer}
-    wanted.pop("batch_size", None)
+    for where in ("batch_size", "device"):  # where and how fast, not what: units may differ in these
+        wanted.pop(where, None)
     check_layer(get_run(store, run_id)["model"], layer)
     if store.exists(key):
-        existing = store.get_json(key)
+        existing = {"precision": "fp32", **store.get_json(key)}  # runs from before precision existed
         if existing != wanted and not _interpretation_started(store, run_id):
             store.put_json(key, wanted)
         elif existing != wanted:
@@ -463,18 +481,26 @@ def interpret_checkpoint(store: Store, run_id: str, step: int, params: Interpret
 
     Writes interpretation/<step>.npz unless it exists; returns its key. `cache` (a dict the
     caller keeps) holds the decoded images and the built model between calls, so a worker
-    decodes the images once per run, not once per checkpoint.
+    decodes the images once per run, not once per checkpoint. params.device is resolved on this
+    node (in a Ray actor granted a GPU, cuda is that GPU); where the unit ran goes to
+    interpretation/placement/<step>.json first, the .npz (the unit's completion mark) last.
     """
+    from i2x.core.device import resolve_device
     from i2x.core.saliency import GradCAM
+    from i2x.engine.placement import placement_record, start_unit
 
     key = interpretation_key(run_id, step)
     if store.exists(key):
         return key
+    started = time.perf_counter()
+    device = resolve_device(params.device, field="params.device")
+    start_unit(device)
     ctx = _context(store, run_id, cache)
     layer = params.target_layer or ctx.record["target_layer"]
-    with ctx.checkpoint(store, run_id, step) as model:
-        cam = GradCAM(model, layer, batch_size=params.batch_size)
-        result = cam(ctx.images, _target_args(params, ctx.labels, len(ctx.classes)), labels=ctx.labels)
+    with ctx.checkpoint(store, run_id, step, device=device) as model:
+        cam = GradCAM(model, layer, batch_size=params.batch_size, device=device, precision=params.precision)
+        result = cam(ctx.images_for(device), _target_args(params, ctx.labels, len(ctx.classes)), labels=ctx.labels)
+    store.put_json(placement_key(run_id, step), placement_record(step, device, time.perf_counter() - started))
     store.put_npz(key, saliency=result.saliency.astype(np.float16),
                   confidences=result.confidences.astype(np.float32),
                   predictions=result.predictions.astype(np.int16))
@@ -491,8 +517,13 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
     checkpoints = list_checkpoints(store, run_id)
     record = get_run(store, run_id)
     layer = params.target_layer or record["target_layer"]
-    if params.batch_size < 1 or params.batch_size > 4096:
-        raise InvalidArgument(f"must be in 1..4096, got {params.batch_size}", field="batch_size")
+    if params.batch_size < 0 or params.batch_size > 4096:
+        raise InvalidArgument(f"must be in 1..4096, or 0 to size it to the device's memory, got "
+                              f"{params.batch_size}", field="batch_size")
+    from i2x.core.device import check_device, check_precision
+
+    params.device = check_device(params.device, field="device")
+    params.precision = check_precision(params.precision, field="precision")
     _target_args(params, np.zeros(0), len(record["classes"]))
     _interpretation_params(store, run_id, params, layer)
     index_key = _key(run_id, "interpretation", "index.json")
@@ -532,8 +563,18 @@ def interpret_run(store: Store, run_id: str, params: InterpretParams, *, progres
     index = {"target_layer": layer, "target": params.target, "steps": steps,
              "saliency_shape": list(first["saliency"].shape), "num_classes": int(first["confidences"].shape[1]),
              "units": [interpretation_key(run_id, s) for s in steps]}
+    placement = _placement(store, run_id, steps)
+    if placement:
+        index["placement"] = placement
     store.put_json(index_key, index)
     return index
+
+
+def _placement(store: Store, run_id: str, steps: list[int]) -> list[dict]:
+    """Where each unit ran (interpretation/placement/*.json), in step order; units written before
+    placement was recorded have none."""
+    keys = [placement_key(run_id, s) for s in steps]
+    return [store.get_json(k) for k in keys if store.exists(k)]
 
 
 def load_interpretation(store: Store, run_id: str) -> dict[str, np.ndarray]:
@@ -555,6 +596,7 @@ def load_interpretation(store: Store, run_id: str) -> dict[str, np.ndarray]:
 def extract_prototypes(store: Store, run_id: str, params: PrototypeParams, *, progress: Progress = None,
                        cancel=None, cache: dict | None = None) -> dict:
     """Eq. 3 on the final checkpoint's features: clustering/prototypes.npz. Returns a summary."""
+    from i2x.core.device import resolve_device
     from i2x.core.prototypes import PrototypeExtractor
     from i2x.core.saliency import GradCAM
 
@@ -570,8 +612,10 @@ def extract_prototypes(store: Store, run_id: str, params: PrototypeParams, *, pr
     layer = store.get_json(interp_params)["target_layer"] if store.exists(interp_params) else ctx.record["target_layer"]
     final_step = int(checkpoints[-1]["step"])
     _report(progress, 0, 2, f"features of the final checkpoint (step {final_step}) at {layer}")
-    with ctx.checkpoint(store, run_id, final_step) as model:
-        features = GradCAM(model, layer)(ctx.images, "predicted", return_features=True).features
+    device = resolve_device("auto")  # the features pass is one Grad-CAM forward: on the GPU when there is one
+    with ctx.checkpoint(store, run_id, final_step, device=device) as model:
+        features = GradCAM(model, layer, device=device)(ctx.images_for(device), "predicted",
+                                                        return_features=True).features
     _check(cancel)
     _report(progress, 1, 2, f"PCA + KMeans into {params.n_prototypes} prototypes")
     assignments = extractor.fit_transform(features)
@@ -768,8 +812,10 @@ def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope
 
 
 def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress: Progress = None,
-                 cancel=None) -> dict:
-    """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table."""
+                 cancel=None, map_runs=None) -> dict:
+    """Paper Table 1 from the final checkpoint: finetune/table.json and table.md. Returns the table.
+    map_runs: how the (protocol, repeat) units run (i2x.core.finetune.run_protocols; the training
+    service passes a Ray fan-out); default: here, one after the other."""
     from i2x.core.finetune import PROTOCOLS, add_statistics, removed_fraction_per_class, run_protocols, table_markdown
     from i2x.data import ArrayDataset, DatasetSpec, load_dataset
     from i2x.models import ModelSpec, build_model, checkpoint_from_bytes
@@ -795,9 +841,11 @@ def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress:
     spec = ModelSpec.from_dict(record["model"])
     pair = tuple(int(c) for c in curated["pair"])
     kwargs = {k: v for k, v in (("lr", params.lr), ("batch_size", params.batch_size)) if v is not None}
+    device = params.device or (record.get("train") or {}).get("device") or "auto"
     table = run_protocols(lambda: build_model(spec), state, full, curated_set, test, pair,
                           mean=record["mean"], std=record["std"], protocols=tuple(params.protocols),
-                          repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel, **kwargs)
+                          repeats=params.repeats, seed=params.seed, progress=progress, cancel=cancel,
+                          device=device, map_runs=map_runs, **kwargs)
     table["prototype"] = int(curated["prototype"])
     table["sizes"] = {"full": int(len(full.labels)), "curated": int(len(kept))}
     table = add_statistics(table, removed_fraction_per_class=removed_fraction_per_class(full.labels, kept, len(classes)))

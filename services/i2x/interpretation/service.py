@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from i2x import raycluster
 from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine import stages
 from i2x.engine.params import InterpretParams
@@ -75,6 +76,8 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
                 raise InvalidArgument(f"give at least 2 steps (or none for all {len(known)}): confidence changes "
                                       f"need consecutive checkpoints, got {steps}", field="steps")
         await asyncio.to_thread(self._check_earlier_interpretation, run_id, steps or known)
+        # A GPU the cluster could never grant: refused now, not by a job that waits forever.
+        await asyncio.to_thread(raycluster.check_unit_request, params.device)
         job_params = params.to_dict()
         if steps and steps != known:
             job_params["steps"] = steps

@@ -50,9 +50,13 @@ def _torch_weights(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
                           field="checkpoint")
 
 
-def checkpoint_from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+def checkpoint_from_bytes(data: bytes, device: str | torch.device | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a safetensors checkpoint, or of a torch.save'd state dict
-    (zip format, read with weights_only=True)."""
+    (zip format, read with weights_only=True). `device`: where the tensors go (default: the CPU);
+    a GPU unit passes its device so that load_state_dict then copies on the device."""
+    if device is not None and torch.device(device).type != "cpu":
+        tensors, metadata = checkpoint_from_bytes(data)
+        return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}, metadata
     from safetensors import SafetensorError
     from safetensors.torch import load
 

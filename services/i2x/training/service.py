@@ -13,6 +13,7 @@ from i2x.engine.params import FinetuneParams
 from i2x.servicers import (StageServicer, count, dataset_spec, finetune_params, model_spec, number, page, run_id_of,
                            run_to_proto, stage_progress, train_config)
 from i2x.storage import run_key
+from i2x.training import ray_tasks
 from i2x.storage.base import check_key
 from i2x.v1 import training_pb2, training_pb2_grpc
 
@@ -29,13 +30,15 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
     def job_function(self, kind, run_id, params):
         store = self.store
         if kind == "train":
-            return lambda ctx: _train_summary(stages.train_run(store, run_id, **stage_progress(ctx)))
+            train_run = ray_tasks.train_runner()  # a Ray task (I2X_TRAIN_ON_RAY) or in this process
+            return lambda ctx: _train_summary(train_run(store, run_id, **stage_progress(ctx)))
         if kind == "register":
             pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
             overwrite = bool(params.get("overwrite"))
             return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs, overwrite=overwrite))
         if kind == "finetune":
             return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
+                                                   map_runs=ray_tasks.finetune_map_runs(**stage_progress(ctx)),
                                                    **stage_progress(ctx))
         return None
 
@@ -72,6 +75,7 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         if record.get("train") is None:
             raise FailedPrecondition(f"run {run_id!r} has no train config; create it with one or register "
                                      "checkpoints instead", field="run_id")
+        await asyncio.to_thread(ray_tasks.check_request, record["train"].get("device"), "train.device")
         return await self.start("train", run_id, {}, request.request_id)
 
     async def RegisterCheckpoints(self, request, context):
@@ -113,7 +117,11 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
 
     async def StartFinetune(self, request, context):
         run_id = run_id_of(request)
-        return await self.start("finetune", run_id, finetune_params(request.params).to_dict(), request.request_id)
+        params = finetune_params(request.params)
+        record = await asyncio.to_thread(stages.get_run, self.store, run_id)
+        device = params.device or (record.get("train") or {}).get("device")
+        await asyncio.to_thread(ray_tasks.check_request, device, "params.device" if params.device else "train.device")
+        return await self.start("finetune", run_id, params.to_dict(), request.request_id)
 
     async def GetFinetuneTable(self, request, context):
         run_id = run_id_of(request)
