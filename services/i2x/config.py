@@ -54,6 +54,10 @@ SETTINGS: tuple[Setting, ...] = (
             "job lease: a replica renews its jobs' heartbeat every lease/3 s; another replica takes "
             "over a job whose heartbeat is older than this"),
     Setting("I2X_LOG_LEVEL", "INFO", "logging level"),
+    Setting("I2X_LOG_FORMAT", "text", "log lines: text, or json (one object per line: time, level, service, "
+            "job_id, run_id, logger, message)"),
+    Setting("I2X_METRICS_PORT", "0",
+            "Prometheus /metrics over HTTP on this port (0: off; auto: 9151-9154, the service's own)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -16,7 +16,8 @@ from i2x.core.errors import InvalidArgument, Unavailable
 log = logging.getLogger(__name__)
 
 # Environment a Ray worker needs to open the same store as the service (forwarded via runtime_env).
-FORWARDED_ENV_PREFIXES = ("I2X_", "AWS_", "MINIO_")
+# OTEL_: the workers export their unit spans where the service exports its own.
+FORWARDED_ENV_PREFIXES = ("I2X_", "AWS_", "MINIO_", "OTEL_")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
