@@ -130,17 +130,19 @@ def server_interceptors() -> list:
     return [aio_server_interceptor(tracer_provider=current, filter_=_quiet_filter())]
 
 
-def client_interceptors() -> list:
-    """Client interceptors for grpc.intercept_channel on a sync channel ([] when off)."""
+def intercept_channel(channel):
+    """A sync channel whose calls make client spans and send the trace context (the channel
+    itself when tracing is off)."""
     current = provider()
     if current is None:
-        return []
+        return channel
     try:
         from opentelemetry.instrumentation.grpc import client_interceptor
+        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel as intercept
     except ImportError:
         _warn_instrumentation()
-        return []
-    return [client_interceptor(tracer_provider=current, filter_=_quiet_filter())]
+        return channel
+    return intercept(channel, client_interceptor(tracer_provider=current, filter_=_quiet_filter()))
 
 
 def _warn_instrumentation() -> None:

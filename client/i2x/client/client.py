@@ -115,8 +115,7 @@ class Client:
                 self._channels[service] = (grpc.secure_channel(address, credentials, options) if credentials
                                            else grpc.insecure_channel(address, options))
                 if tracing.enabled():  # client spans; the trace context goes out in the metadata
-                    self._channels[service] = grpc.intercept_channel(self._channels[service],
-                                                                     *tracing.client_interceptors())
+                    self._channels[service] = tracing.intercept_channel(self._channels[service])
         self._stubs: dict[tuple[str, str], object] = {}
 
     @classmethod
