@@ -11,7 +11,6 @@ in COMMANDS, so a new one (demo, report, ...) is one function and one list entry
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
@@ -54,7 +53,9 @@ def cmd_serve(args) -> int:
     import asyncio
 
     _apply_flags(args)
-    logging.basicConfig(level=config.get("I2X_LOG_LEVEL").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from i2x.logs import configure
+
+    configure(args.service)  # I2X_LOG_FORMAT (text or json), I2X_LOG_LEVEL
     # An explicit --port is used as is (0: any free port); otherwise I2X_PORT / the service default.
     return asyncio.run(_serve(args.service, args.workers, None if args.port in (None, "") else int(args.port)))
 

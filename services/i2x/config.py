@@ -65,6 +65,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_TRAIN_GPUS", "auto",
             "GPUs per training / fine-tuning Ray task: 'auto' (1 when the cluster has GPUs, else 0) or a number"),
     Setting("I2X_TRAIN_CPUS", "1", "CPUs per training / fine-tuning Ray task"),
+    Setting("I2X_LOG_FORMAT", "text", "log lines: text, or json (one object per line: time, level, service, "
+            "job_id, run_id, logger, message)"),
+    Setting("I2X_METRICS_PORT", "0",
+            "Prometheus /metrics over HTTP on this port (0: off; auto: 9151-9154, the service's own)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

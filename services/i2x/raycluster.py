@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 # to anyone who can reach the cluster: only non-secret I2X_ settings. Credentials (S3 keys, the
 # API token) never travel this way; workers read the S3 keys from their own pod environment
 # (docs/DEPLOY.md: Secret i2x-s3 on the Ray pods) and never need the API token.
+# OTEL_: the workers export their unit spans where the service exports its own (headers excluded:
+# they may carry an exporter credential).
 FORWARDED_ENV_PREFIXES = ("I2X_",)
+FORWARDED_OTEL_PREFIX = "OTEL_"
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
@@ -81,7 +84,9 @@ def worker_env() -> dict[str, str]:
     """The store and torch settings of this process, for runtime_env: registered, non-secret
     I2X_ settings only (never a token or key, never AWS_* / MINIO_*)."""
     public = {s.env for s in config.SETTINGS if not s.secret}
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k in public}
+    return {k: v for k, v in os.environ.items()
+            if (k.startswith(FORWARDED_ENV_PREFIXES) and k in public)
+            or (k.startswith(FORWARDED_OTEL_PREFIX) and "HEADERS" not in k)}
 
 
 def is_local(address: str | None = None) -> bool:

@@ -101,7 +101,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _abort(method: str, error: BaseException, context: grpc.aio.ServicerContext) -> None:
         if isinstance(error, I2XError):
-            log.info("%s -> %s: %s", method, error.grpc_code, error)
+            # A routine lookup of something absent (job, run, key) is not news: DEBUG.
+            (log.debug if error.grpc_code == "NOT_FOUND" else log.info)("%s -> %s: %s", method, error.grpc_code, error)
             await context.abort(_status(error), str(error))
         incident = uuid.uuid4().hex[:12]
         log.error("%s failed (id=%s)", method, incident, exc_info=error)
@@ -252,7 +253,9 @@ async def start_server(
                               field="tls_key" if tls_cert else "tls_cert")
 
     size = int(size_mb * 1024 * 1024)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    from i2x.observability import server_interceptors
+
+    interceptors: list[grpc.aio.ServerInterceptor] = server_interceptors(service)  # trace span, metrics: outermost
     if token:
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())

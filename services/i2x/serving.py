@@ -67,9 +67,11 @@ async def start_service(service: str, store: Store, *, host: str | None = None, 
     """Start one service's gRPC server in the running loop; resume its unfinished jobs.
 
     Returns (server, bound_port, health, servicer)."""
+    from i2x.observability import instrument, metered_store
     from i2x.server import start_server
 
-    servicer = make_servicer(service, store, max_workers=max_workers, ray_workers=ray_workers)
+    servicer = make_servicer(service, metered_store(store, service), max_workers=max_workers, ray_workers=ray_workers)
+    instrument(service, servicer, host=host)  # metrics (I2X_METRICS_PORT), job spans and log ids
     server, bound, health = await start_server(service, registrar(servicer), host=host, port=port, token=token,
                                                tls_cert=tls_cert, tls_key=tls_key, max_message_mb=max_message_mb)
     resumed = await asyncio.to_thread(servicer.recover)

@@ -156,16 +156,18 @@ def test_probes_are_native_grpc_on_declared_ports(overlay):
     for svc, deployment in service_deployments(docs).items():
         c = deployment["spec"]["template"]["spec"]["containers"][0]
         health_port = health_port_of(c, docs)
-        # The API port and the plaintext health-only port, each declared under its name.
-        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": SERVICE_PORTS[svc],
-                                                                      "health": health_port}
+        # The API port, the plaintext health-only port and /metrics, each declared under its name.
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+            "grpc": SERVICE_PORTS[svc], "health": health_port,
+            "metrics": int(resolved_env(c, docs)["I2X_METRICS_PORT"])}
         # Every probe goes to the health port, in dev as in prod, so the probes stay the same
         # whether or not TLS is on.
         for probe_kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe_kind]["grpc"]["port"] == health_port, f"{name}/{svc} {probe_kind}"
-        # The Service exposes the API only: the health port serves kubelet, not clients.
+        # The Service exposes the API and /metrics (for a ServiceMonitor): the health port serves kubelet only.
         service = by_kind(docs, "Service")[f"i2x-{svc}"]
-        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(SERVICE_PORTS[svc], "grpc")]
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            (SERVICE_PORTS[svc], "grpc"), (int(resolved_env(c, docs)["I2X_METRICS_PORT"]), "metrics")]
         assert selects_labels(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
         assert c["args"] == ["serve", svc]
 
@@ -457,3 +459,43 @@ def test_deploy_doc_names_what_the_overlays_render():
                 f"DEPLOY.md names {kind}/{ref}, which no overlay renders")
         for kind, ref in re.findall(r"get (raycluster) ([\w-]+)", line):
             assert ("RayCluster", ref) in names
+
+
+def test_metrics_are_declared_scrapable_and_reachable_by_prometheus_only(overlay):
+    """Every service serves /metrics on I2X_METRICS_PORT; the pod declares that port (named
+    "metrics", with the prometheus.io annotations), the Service exposes it for the ServiceMonitor,
+    and the NetworkPolicies let Prometheus in (namespace monitoring) and nobody else."""
+    name, docs = overlay
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = endpoints(name, docs)
+    services = by_kind(docs, "Service")
+    prometheus = Endpoint.pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    client = Endpoint.pod("analysts", {"i2x.io/client": "true"})
+    stranger_here = Endpoint.pod(NAMESPACES[name], {"app": "something-else"})
+    for svc, deployment in service_deployments(docs).items():
+        template = deployment["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        port = resolved_env(container, docs)["I2X_METRICS_PORT"]
+        assert isinstance(port, str) and port.isdigit() and int(port) > 0, f"{name}/{svc}: metrics off ({port!r})"
+        port = int(port)
+        declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert declared.get("metrics") == port, f"{name}/{svc}: no container port 'metrics' = {port}"
+        annotations = template["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true"
+        assert annotations.get("prometheus.io/port") == str(port)
+        assert annotations.get("prometheus.io/path") == "/metrics"
+        service_ports = {p["name"]: p for p in services[f"i2x-{svc}"]["spec"]["ports"]}
+        assert service_ports["metrics"]["targetPort"] == "metrics"
+        pod = pods[f"Deployment/i2x-{svc}"]
+        assert allowed(policies, prometheus, pod, port), f"{name}/{svc}: Prometheus cannot scrape"
+        assert not allowed(policies, client, pod, port), f"{name}/{svc}: metrics open to clients"
+        assert not allowed(policies, stranger_here, pod, port)
+        assert not allowed(policies, prometheus, pod, SERVICE_PORTS[svc]), "Prometheus needs no gRPC"
+
+    # The ServiceMonitor component renders on its own and selects exactly the four Services' metrics port.
+    (monitor,) = render(K8S / "components" / "servicemonitor")
+    assert monitor["kind"] == "ServiceMonitor" and monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [n for n, s in services.items() if selector.items() <= s["metadata"]["labels"].items()]
+    assert sorted(selected) == sorted(f"i2x-{svc}" for svc in SERVICES)
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]

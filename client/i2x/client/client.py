@@ -11,6 +11,7 @@ from typing import Callable
 
 import grpc
 
+from i2x import tracing
 from i2x.client.jobs import Job, JobEvent, JobFailed
 from i2x.client.results import (ClassExplanation, CurationResult, Evaluation, ExplanationSummary, FinetuneTable,
                                 PairAnalysis, PipelineResult, Run)
@@ -113,6 +114,8 @@ class Client:
             if address:
                 self._channels[service] = (grpc.secure_channel(address, credentials, options) if credentials
                                            else grpc.insecure_channel(address, options))
+                if tracing.enabled():  # client spans; the trace context goes out in the metadata
+                    self._channels[service] = tracing.intercept_channel(self._channels[service])
         self._stubs: dict[tuple[str, str], object] = {}
 
     @classmethod
@@ -302,6 +305,7 @@ class Client:
 
     # ------------------------------------------------------------ the whole method
 
+    @tracing.traced("i2x.run_pipeline")  # one trace for the whole analysis when tracing is on
     def run_pipeline(self, run_id: str, *, model: dict | None = None, dataset: dict | None = None,
                      train: dict | None = None, checkpoints: dict[int, str] | None = None,
                      interpret: dict | None = None, prototypes: dict | None = None, clusters: dict | None = None,

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import Iterator
 
-from i2x import config, raycluster
+from i2x import config, raycluster, tracing
 from i2x.core.errors import Cancelled, InvalidArgument, Unavailable
 from i2x.engine.params import InterpretParams
 
@@ -55,7 +55,14 @@ class InterpretWorker:
 
         return True
 
-    def interpret(self, run_id: str, step: int, params: dict) -> str:
+    def interpret(self, run_id: str, step: int, params: dict, trace: dict | None = None) -> str:
+        from i2x import tracing
+
+        # trace: the job span's context (tracing.inject()), so this unit is its child span.
+        with tracing.child_span("i2x.unit interpret", trace, run_id=run_id, step=int(step)):
+            return self._interpret(run_id, step, params)
+
+    def _interpret(self, run_id: str, step: int, params: dict) -> str:
         from i2x.engine import stages
 
         key = (self.store.url, run_id)
@@ -322,7 +329,7 @@ class RayFanout:
             if self._stopped:
                 self.pool.release(actor)
                 return
-            self._pending[actor.interpret.remote(self.run_id, int(step), self.params)] = (actor, step)
+            self._pending[actor.interpret.remote(self.run_id, int(step), self.params, tracing.inject())] = (actor, step)
 
     def stop(self) -> None:
         """Cancel this job's refs; actors still running one of its units stay busy until it ends."""
