@@ -54,6 +54,13 @@ SETTINGS: tuple[Setting, ...] = (
             "job lease: a replica renews its jobs' heartbeat every lease/3 s; another replica takes "
             "over a job whose heartbeat is older than this"),
     Setting("I2X_LOG_LEVEL", "INFO", "logging level"),
+    Setting("MLFLOW_TRACKING_URI", "",
+            "MLflow tracking server (http://HOST:5000, sqlite:///PATH, ...); when set, the explanation service "
+            "logs each explained run and its report to MLflow (empty: off)"),
+    Setting("I2X_MLFLOW_EXPERIMENT", "i2x", "MLflow experiment the explanation service logs runs to"),
+    Setting("I2X_MLFLOW_RETRIES", "3",
+            "retries of an MLflow export before the job gives up on it with a warning (the job still succeeds)"),
+    Setting("I2X_MLFLOW_BACKOFF_SECONDS", "1", "first wait between MLflow retries; doubles each time"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
