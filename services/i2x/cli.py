@@ -278,6 +278,9 @@ def add_analyze_command(sub) -> None:
                    help="last, build the HTML report in the explanation service (runs/<run>/report.html; "
                         "default: on)")
     g.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    from i2x.integrations.cli import add_analyze_flags
+
+    add_analyze_flags(p)  # --from-mlflow, --mlflow
     p.set_defaults(func=cmd_analyze)
 
 
@@ -337,8 +340,11 @@ def cmd_analyze(args) -> int:
             print(f"--checkpoint {item!r}: give STEP=PATH_OR_KEY, e.g. 40=ckpt/step40.safetensors", file=sys.stderr)
             return 2
         checkpoints[int(step)] = Path(source) if Path(source).is_file() else source
+    from i2x.integrations.cli import mlflow_checkpoints, mlflow_export
+
     bars = _Bars()
     with Client.from_env(**overrides) as client:
+        checkpoints = mlflow_checkpoints(args, client, checkpoints)
         try:
             result = client.run_pipeline(
                 args.run_id,
@@ -364,6 +370,7 @@ def cmd_analyze(args) -> int:
     _print_summary(result)
     if result.report_key:
         print(f"report: {_report_location(result.report_key, args.store or os.environ.get('I2X_STORE'))}")
+    mlflow_export(args, client, args.run_id)
     return 0
 
 
@@ -410,8 +417,15 @@ def add_report_command(sub) -> None:
     add(sub)
 
 
+def add_watch_command(sub) -> None:
+    from i2x.integrations.cli import add_watch_command as add
+
+    add(sub)
+
+
 COMMANDS: list[Callable] = [add_serve_command, add_up_command, add_analyze_command, add_demo_command,
                             add_report_command]
+COMMANDS.append(add_watch_command)  # i2x watch RUN (i2x.integrations.live)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,13 @@ SETTINGS: tuple[Setting, ...] = (
             "job_id, run_id, logger, message)"),
     Setting("I2X_METRICS_PORT", "0",
             "Prometheus /metrics over HTTP on this port (0: off; auto: 9151-9154, the service's own)"),
+    Setting("MLFLOW_TRACKING_URI", "",
+            "MLflow tracking server (http://HOST:5000, sqlite:///PATH, ...); when set, the explanation service "
+            "logs each explained run and its report to MLflow (empty: off)"),
+    Setting("I2X_MLFLOW_EXPERIMENT", "i2x", "MLflow experiment the explanation service logs runs to"),
+    Setting("I2X_MLFLOW_RETRIES", "3",
+            "retries of an MLflow export before the job gives up on it with a warning (the job still succeeds)"),
+    Setting("I2X_MLFLOW_BACKOFF_SECONDS", "1", "first wait between MLflow retries; doubles each time"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -303,6 +303,28 @@ class Client:
         return self._job("explanation", "StartReport", explanation_pb2.StartReportRequest(
             run_id=run_id, compare_run_id=compare_with or ""))
 
+    # ------------------------------------------------------------ MLflow (i2x.integrations.mlflow; needs `mlflow`)
+
+    def checkpoints_from_mlflow(self, run_id: str, uri: str, *, tracking_uri: str | None = None) -> dict[int, str]:
+        """Copy the checkpoints an MLflow run logged (uri: runs:/<mlflow run id>/<artifact path>) into
+        the store; returns {step: key} for register_checkpoints or run_pipeline(checkpoints=...)."""
+        from i2x.integrations.mlflow import import_checkpoints
+
+        return import_checkpoints(self.store, run_id, uri, tracking_uri=tracking_uri)
+
+    def register_from_mlflow(self, run_id: str, uri: str, *, tracking_uri: str | None = None) -> Job:
+        """checkpoints_from_mlflow, then RegisterCheckpoints with those store keys (the run must exist)."""
+        return self.register_checkpoints(run_id, self.checkpoints_from_mlflow(run_id, uri, tracking_uri=tracking_uri))
+
+    def export_to_mlflow(self, run_id: str, *, tracking_uri: str | None = None, experiment: str | None = None,
+                         mlflow_run_id: str | None = None, retries: int = 3) -> dict:
+        """Log an explained run (params, metrics, tags, explanation.json, report and figures) to MLflow,
+        read from the store; returns {"run_id": the MLflow run, "artifact_uri", ...}."""
+        from i2x.integrations.mlflow import export_run
+
+        return export_run(self.store, run_id, tracking_uri=tracking_uri, experiment=experiment,
+                          mlflow_run_id=mlflow_run_id, retries=retries)
+
     # ------------------------------------------------------------ the whole method
 
     @tracing.traced("i2x.run_pipeline")  # one trace for the whole analysis when tracing is on

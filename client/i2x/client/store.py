@@ -25,6 +25,13 @@ class StoreReader:
     def put_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted."""
+        raise NotImplementedError
+
     def get_json(self, key: str):
         return json.loads(self.get_bytes(key))
 
@@ -54,6 +61,13 @@ class LocalReader(StoreReader):
         tmp = path.with_name(f".{path.name}.upload-{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)  # atomic, like the server's LocalStore
+
+    def exists(self, key: str) -> bool:
+        return (self.root / _check_key(key)).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(f"{prefix}**/*")
+                      if p.is_file() and not p.name.startswith("."))
 
 
 class S3Reader(StoreReader):
@@ -88,6 +102,21 @@ class S3Reader(StoreReader):
         finally:
             response.close()
             response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(bucket_name=self.bucket, object_name=self.prefix + _check_key(key))
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        objects = self.client.list_objects(bucket_name=self.bucket, prefix=self.prefix + prefix, recursive=True)
+        return sorted(o.object_name[len(self.prefix):] for o in objects)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(bucket_name=self.bucket, object_name=self.prefix + _check_key(key),

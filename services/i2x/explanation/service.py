@@ -31,6 +31,12 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
     service = "explanation"
 
     def job_function(self, kind, run_id, params):
+        from i2x.integrations.mlflow import with_export  # MLflow export after the job when MLFLOW_TRACKING_URI is set
+
+        job = self._job_function(kind, run_id, params)
+        return None if job is None else with_export(self.store, run_id, job)
+
+    def _job_function(self, kind, run_id, params):
         if kind == "report":
             return self._report_job(run_id, params.get("compare_run_id") or None)
         if kind != "explain":
