@@ -267,6 +267,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         records = await asyncio.to_thread(self.jobs.list, run_id=run_id, kind=request.kind or None, states=states)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in records])
 
+    async def GetServerInfo(self, request, context):
+        from i2x.client import __version__
+
+        store = self.jobs.store  # the client uploads and reads here (one store, said by the services)
+        return jobs_pb2.ServerInfo(service=self.jobs.service, version=__version__, store_url=store.url,
+                                   store_endpoint=getattr(store, "endpoint", "") or "",
+                                   store_secure=bool(getattr(store, "secure", False)))
+
 
 JobFactory = Callable[[str, dict], Callable[[JobContext], dict | None]]
 
