@@ -25,6 +25,9 @@ class StoreReader:
     def put_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
     def get_json(self, key: str):
         return json.loads(self.get_bytes(key))
 
@@ -46,7 +49,13 @@ class LocalReader(StoreReader):
         self.url = f"file://{self.root}"
 
     def get_bytes(self, key: str) -> bytes:
-        return (self.root / _check_key(key)).read_bytes()
+        path = self.root / _check_key(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object {key!r} in the store {self.url}")
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return (self.root / _check_key(key)).is_file()
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self.root / _check_key(key)
@@ -88,6 +97,17 @@ class S3Reader(StoreReader):
         finally:
             response.close()
             response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(bucket_name=self.bucket, object_name=self.prefix + _check_key(key))
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
+                return False
+            raise
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(bucket_name=self.bucket, object_name=self.prefix + _check_key(key),
