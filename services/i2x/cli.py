@@ -11,15 +11,17 @@ in COMMANDS, so a new one (demo, report, ...) is one function and one list entry
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 from typing import Callable
 
 from i2x import config
+from i2x.cli_errors import UserError, describe
+from i2x.localsystem import LocalSystem
+from i2x.progress import Bars
 
 # ---------------------------------------------------------------- serve
 
@@ -53,6 +55,7 @@ def cmd_serve(args) -> int:
     import asyncio
 
     _apply_flags(args)
+    os.environ["_I2X_PROCESS_SERVICE"] = args.service  # errors name the process (i2x.process)
     from i2x.logs import configure
 
     configure(args.service)  # I2X_LOG_FORMAT (text or json), I2X_LOG_LEVEL
@@ -95,177 +98,102 @@ def add_up_command(sub) -> None:
     p.set_defaults(func=cmd_up)
 
 
-class _Child:
-    """One service subprocess; its output goes to `log` (or is echoed with a prefix) and is
-    scanned for the listening line."""
-
-    def __init__(self, service: str, argv: list[str], env: dict, log=None):
-        self.service = service
-        self.address: str | None = None
-        self.ready = threading.Event()
-        self.log = log
-        self.process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        bufsize=1, start_new_session=True)  # Ctrl-C reaches the parent only
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        marker = f"i2x {self.service} listening on "
-        for line in self.process.stdout:
-            if line.startswith(marker):
-                self.address = line[len(marker):].split()[0]
-                self.ready.set()
-            if self.log is not None:
-                self.log.write(line)
-                self.log.flush()
-            else:
-                sys.stdout.write(f"[{self.service}] {line}")
-                sys.stdout.flush()
-        self.ready.set()  # exited: stop waiting
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-
-class LocalSystem:
-    """The store, a Ray head (unless one is given) and the four services as subprocesses.
-
-    A context manager: `with LocalSystem(...) as system:` waits until every service listens
-    (system.addresses: service -> host:port) and stops all of it, Ray included, on exit.
-    log_dir: write each service's output to <log_dir>/<service>.log instead of echoing it.
-    """
-
-    def __init__(self, store_url: str | None = None, *, host: str = "127.0.0.1", base_port: int | None = None,
-                 ray_address: str | None = None, ray_cpus: int | None = None, token: str | None = None,
-                 timeout: float = 120.0, log_dir: str | None = None):
-        from i2x.storage import open_store
-
-        self.store = open_store(store_url)  # creates a local directory / checks the bucket before anything starts
-        self.host, self.base_port, self.token, self.timeout, self.log_dir = host, base_port, token, timeout, log_dir
-        self.ray_address = ray_address or (None if config.get("I2X_RAY_ADDRESS") == "local"
-                                           else config.get("I2X_RAY_ADDRESS"))
-        self.ray_cpus = ray_cpus
-        self.started_ray = False
-        self.children: list[_Child] = []
-        self.addresses: dict[str, str] = {}
-
-    def __enter__(self) -> "LocalSystem":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        from i2x import raycluster
-
-        if self.ray_address is None:  # a head owned by this process: ray.shutdown() stops exactly what it started
-            import ray
-
-            ray.init(num_cpus=self.ray_cpus, include_dashboard=False, log_to_driver=False)
-            self.started_ray = True
-            self.ray_address = raycluster.gcs_address()
-        # Built after ray.init: it sets RAY_AUTH_MODE=token, which the services need to join this head.
-        url = self.store.url
-        env = dict(os.environ, I2X_STORE=url[len("file://"):] if url.startswith("file://") else url,
-                   I2X_HOST=self.host, I2X_RAY_ADDRESS=self.ray_address)
-        if self.token:
-            env["I2X_API_TOKEN"] = self.token
-        if self.log_dir:
-            os.makedirs(self.log_dir, exist_ok=True)
-        for offset, service in enumerate(config.SERVICES):
-            port = config.SERVICE_PORTS[service] if self.base_port is None else (
-                0 if self.base_port == 0 else self.base_port + offset)
-            argv = [sys.executable, "-m", "i2x.cli", "serve", service, "--port", str(port)]
-            log = open(os.path.join(self.log_dir, f"{service}.log"), "w") if self.log_dir else None
-            self.children.append(_Child(service, argv, env, log))
-        deadline = time.monotonic() + self.timeout
-        for child in self.children:
-            child.ready.wait(max(0.0, deadline - time.monotonic()))
-        failed = [c.service for c in self.children if c.address is None]
-        if failed:
-            where = f" (logs in {self.log_dir})" if self.log_dir else " (see their output above)"
-            raise RuntimeError(f"{', '.join(failed)} did not start{where}")
-        self.addresses = {c.service: c.address for c in self.children}
-
-    def exited(self) -> list[str]:
-        return [c.service for c in self.children if c.process.poll() is not None]
-
-    def stop(self) -> None:
-        for child in self.children:
-            child.stop()
-        grace = float(config.get("I2X_GRACE_SECONDS")) + 5
-        for child in self.children:
-            try:
-                child.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-            if child.log is not None:
-                child.log.close()
-        self.children = []
-        if self.started_ray:
-            import ray
-
-            ray.shutdown()
-            self.started_ray = False
-
-
 def cmd_up(args) -> int:
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame) -> None:  # SIGINT and SIGTERM: one orderly stop of the whole tree
+        if stop.is_set():
+            print("i2x up: stopping (the services finish their grace period)", file=sys.stderr, flush=True)
+        stop.set()
+
+    system = LocalSystem(args.store, host=args.host, base_port=args.base_port, ray_address=args.ray_address,
+                         ray_cpus=args.ray_cpus, token=args.token, timeout=args.timeout, signal_handler=on_signal)
     try:
-        with LocalSystem(args.store, host=args.host, base_port=args.base_port, ray_address=args.ray_address,
-                         ray_cpus=args.ray_cpus, token=args.token, timeout=args.timeout) as system:
+        with system:
             print(f"\ni2x is up. store: {system.store.url}   ray: {system.ray_address}")
             for service, address in system.addresses.items():
                 print(f"  {service:<15} {address}")
             print(f"  client: Client.from_env() with I2X_ENDPOINT={args.host}"
                   + ("" if args.base_port is None else " and the I2X_*_ADDR variables above")
                   + "\nCtrl-C stops everything.", flush=True)
+            status = 0
             while not stop.is_set():
                 if system.exited():
-                    print("i2x up: a service exited; stopping the others", file=sys.stderr)
-                    return 1
+                    print(f"i2x up: {', '.join(system.exited())} exited; stopping the others", file=sys.stderr)
+                    status = 1
+                    break
                 stop.wait(0.5)
-            return 0
+            print("i2x up: stopping", flush=True)
+        print("i2x up: stopped", flush=True)
+        return status
     except RuntimeError as exc:
         print(f"i2x up: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        print("i2x up: stopped", flush=True)
 
 
 # ---------------------------------------------------------------- analyze
 
+def _spec_flags(group, message, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of a spec message (i2x.v1.common), so the flags mirror the specs."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    types = {F.CPPTYPE_INT32: int, F.CPPTYPE_INT64: int, F.CPPTYPE_DOUBLE: float, F.CPPTYPE_FLOAT: float}
+    for f in message.DESCRIPTOR.fields:
+        if f.name in skip:
+            continue
+        flag = f"--{prefix}{f.name.replace('_', '-')}"
+        if f.cpp_type == F.CPPTYPE_BOOL:
+            group.add_argument(flag, dest=f"{prefix.replace('-', '_')}{f.name}", default=None,
+                               action=argparse.BooleanOptionalAction)
+        else:
+            group.add_argument(flag, dest=f"{prefix.replace('-', '_')}{f.name}", default=None,
+                               type=types.get(f.cpp_type, str), metavar=f.name.upper())
+
+
+def add_output_flags(p) -> None:
+    """--quiet / --json / --progress, shared by analyze and demo."""
+    g = p.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress, only the final result")
+    g.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout "
+                                                       "(progress, if any, goes to stderr)")
+    g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
+                   help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
+
+
+def progress_mode(args) -> str:
+    if args.quiet or args.progress == "none":
+        return "quiet"
+    return None if args.progress == "auto" else args.progress
+
+
 def add_analyze_command(sub) -> None:
+    from i2x.v1 import common_pb2
+
     p = sub.add_parser("analyze", help="train (or take/register) a run, interpret, cluster and explain it "
-                                       "through running services, with progress bars")
+                                       "through running services, with progress bars",
+                       description="Runs the pipeline through the services that `i2x up` (or a deployment) "
+                                   "runs. Your own model: --arch custom --factory pkg.module:function; the "
+                                   "module must be importable by the services and their Ray workers and be "
+                                   "listed in their I2X_MODEL_FACTORIES (see README, 'Your own model').")
     p.add_argument("run_id")
     g = p.add_argument_group("services (default: Client.from_env(): I2X_ENDPOINT / I2X_*_ADDR)")
     g.add_argument("--endpoint", help="host of all four services on their default ports")
     for service in config.SERVICES:
         g.add_argument(f"--{service}", metavar="HOST:PORT", help=f"address of the {service} service")
     g.add_argument("--token", help="bearer token (env I2X_API_TOKEN)")
-    g.add_argument("--store", help="store to read results from / upload checkpoints to (env I2X_STORE)")
-    g = p.add_argument_group("the run (ignored when it exists)")
-    g.add_argument("--arch", help="model architecture (default small_cnn)")
-    g.add_argument("--num-classes", type=int)
-    g.add_argument("--in-channels", type=int)
-    g.add_argument("--input-size", type=int)
-    g.add_argument("--target-layer")
-    g.add_argument("--dataset", dest="dataset_kind", help="mnist5k (default), mnist, cifar10, imagefolder, npz")
-    g.add_argument("--dataset-root", help="path the services read the dataset from")
-    g.add_argument("--preset", help="training preset (tiny, demo, paper-mnist, ...)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--store", help="the services' store (default: the one they report); a different one is refused")
+    g = p.add_argument_group("the model (a run that exists must be given the same, or --overwrite)")
+    _spec_flags(g, common_pb2.ModelSpec)  # --arch --in-channels --num-classes --input-size --factory --target-layer
+    g = p.add_argument_group("the dataset")
+    g.add_argument("--dataset", dest="dataset_kind", help="same as --dataset-kind")
+    _spec_flags(g, common_pb2.DatasetSpec, prefix="dataset-")  # --dataset-kind --dataset-root ...
+    g = p.add_argument_group("training")
+    _spec_flags(g, common_pb2.TrainConfig)  # --preset --epochs --batch-size --lr ... --seed --device
     g.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH_OR_KEY",
-                   help="register this checkpoint instead of training (a local file is uploaded); repeatable")
+                   help="register this checkpoint instead of training (a local file is uploaded to the "
+                        "services' store); repeatable")
+    g.add_argument("--overwrite", action="store_true",
+                   help="recreate an existing run whose settings differ from these (its results are redone)")
     g = p.add_argument_group("stages")
     g.add_argument("--prototypes", type=int, dest="n_prototypes", help="M, the number of prototypes")
     g.add_argument("--min-cluster-size", type=int, help="HDBSCAN min_cluster_size")
@@ -278,6 +206,7 @@ def add_analyze_command(sub) -> None:
                    help="last, build the HTML report in the explanation service (runs/<run>/report.html; "
                         "default: on)")
     g.add_argument("--timeout", type=float, default=None, help="seconds per job")
+    add_output_flags(p)
     from i2x.integrations.cli import add_analyze_flags
 
     add_analyze_flags(p)  # --from-mlflow, --mlflow
@@ -288,90 +217,131 @@ def _compact(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-class _Bars:
-    """One tqdm bar per stage, fed by the pipeline's progress(stage, event)."""
+def _fields(args, message, prefix: str = "") -> dict:
+    return _compact(**{f.name: getattr(args, f"{prefix}{f.name}", None) for f in message.DESCRIPTOR.fields})
 
-    def __init__(self):
-        try:
-            from tqdm import tqdm
-        except ImportError:  # the client alone does not need tqdm
-            tqdm = None
-        self._tqdm, self._bars, self._lock = tqdm, {}, threading.Lock()
 
-    def __call__(self, stage: str, event) -> None:
-        with self._lock:
-            if self._tqdm is None:
-                print(f"{stage}: {event.done}/{event.total} {event.message}", flush=True)
-                return
-            bar = self._bars.get(stage)
-            if bar is None:
-                bar = self._bars[stage] = self._tqdm(desc=f"{stage:<11}", total=event.total or None, unit="unit",
-                                                     position=len(self._bars), leave=True)
-            if event.total and bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
-            bar.set_postfix_str(event.message[:40], refresh=False)
-            bar.refresh()
-            if event.state in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                bar.set_postfix_str(event.state.lower())
-                bar.close()
+def _same_store(a: str, b: str) -> bool:
+    from pathlib import Path
 
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
+    def norm(url: str) -> str:
+        if url.startswith("s3://"):
+            return url.rstrip("/")
+        return str(Path(url.removeprefix("file://")).expanduser().resolve())
+
+    return norm(a) == norm(b)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", "file://")) or source.endswith((".pt", ".pth")) \
+        or os.sep in source and not source.startswith(("runs/", "uploads/"))
+
+
+def _checkpoint_sources(items: list[str]) -> dict:
+    """--checkpoint STEP=SOURCE: an existing local file (uploaded) or, otherwise, a store key."""
+    from pathlib import Path
+
+    checkpoints: dict = {}
+    for item in items:
+        step, _, source = item.partition("=")
+        if not step.isdigit() or not source:
+            raise UserError(f"--checkpoint {item!r}: give STEP=PATH_OR_KEY, e.g. 40=ckpt/step40.safetensors")
+        path = Path(source.removeprefix("file://")).expanduser()
+        checkpoints[int(step)] = path if path.is_file() else source
+    return checkpoints
 
 
 def cmd_analyze(args) -> int:
-    from pathlib import Path
-
     import grpc
 
     from i2x.client import Client, JobFailed
+    from i2x.v1 import common_pb2
 
-    overrides = _compact(token=args.token, store=args.store,
-                         **{s: getattr(args, s) for s in config.SERVICES if getattr(args, s)})
+    checkpoints = _checkpoint_sources(args.checkpoint)  # before anything is contacted or created
+    overrides = _compact(token=args.token, **{s: getattr(args, s) for s in config.SERVICES if getattr(args, s)})
     if args.endpoint:
         overrides.update({s: f"{args.endpoint}:{config.SERVICE_PORTS[s]}" for s in config.SERVICES
                           if s not in overrides})
-    checkpoints = {}
-    for item in args.checkpoint:
-        step, _, source = item.partition("=")
-        if not step.isdigit() or not source:
-            print(f"--checkpoint {item!r}: give STEP=PATH_OR_KEY, e.g. 40=ckpt/step40.safetensors", file=sys.stderr)
-            return 2
-        checkpoints[int(step)] = Path(source) if Path(source).is_file() else source
-    from i2x.integrations.cli import mlflow_checkpoints, mlflow_export
-
-    bars = _Bars()
     with Client.from_env(**overrides) as client:
-        checkpoints = mlflow_checkpoints(args, client, checkpoints)
+        info = client.server_info()  # at once: ServiceUnavailable names `i2x up` and I2X_ENDPOINT
+        if args.store and not _same_store(args.store, info.store_url):
+            raise UserError(f"--store {args.store} is not the services' store ({info.store_url}); uploads and "
+                            "results must be where the services read: drop --store")
+        from i2x.integrations.cli import mlflow_checkpoints, mlflow_export
+
+        checkpoints = mlflow_checkpoints(args, client, checkpoints)  # --from-mlflow
+        for step, source in checkpoints.items():
+            if isinstance(source, str) and not client.store.exists(source):
+                where = "no such local file" if _looks_local(source) else \
+                    f"no such local file, nor key in the services' store {info.store_url}"
+                raise UserError(f"--checkpoint {step}={source}: {where}")
+        try:
+            existed = args.run_id in client.list_runs()
+        except grpc.RpcError:
+            existed = True
+        dataset = _fields(args, common_pb2.DatasetSpec, "dataset_")
+        if args.dataset_kind and "kind" not in dataset:
+            dataset["kind"] = args.dataset_kind
+        bars = Bars(progress_mode(args))
         try:
             result = client.run_pipeline(
                 args.run_id,
-                model=_compact(arch=args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
-                               input_size=args.input_size, target_layer=args.target_layer),
-                dataset=_compact(kind=args.dataset_kind, root=args.dataset_root),
-                train=_compact(preset=args.preset, epochs=args.epochs, seed=args.seed),
+                model=_fields(args, common_pb2.ModelSpec) or None,
+                dataset=dataset or None,
+                train=_fields(args, common_pb2.TrainConfig) or None,
                 checkpoints=checkpoints or None,
                 prototypes=_compact(n_prototypes=args.n_prototypes),
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
-                progress=bars, timeout=args.timeout, report=args.report)
-        except JobFailed as exc:
+                progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite)
+        except (JobFailed, grpc.RpcError):
             bars.close()
-            print(f"i2x analyze: {exc}", file=sys.stderr)
-            return 1
-        except grpc.RpcError as exc:
-            bars.close()
-            print(f"i2x analyze: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    bars.close()
+            if not existed and args.run_id in _safe(client.list_runs, []):
+                print(f"i2x analyze: run {args.run_id!r} was created before the failure: fix the cause and rerun "
+                      f"the same command to resume, or remove it with `i2x runs delete {args.run_id}`",
+                      file=sys.stderr)
+            raise
+        bars.close()
+        table = client.load(result.finetune.markdown_key).decode() if result.finetune else None
+    location = _report_location(result.report_key, info.store_url) if result.report_key else None
+    mlflow_export(args, client, args.run_id)  # --mlflow: a failure is a warning, the analysis stands
+    if args.json:
+        print(json.dumps(_summary_dict(result, info.store_url, table, location), indent=2))
+        return 0
     _print_summary(result)
-    if result.report_key:
-        print(f"report: {_report_location(result.report_key, args.store or os.environ.get('I2X_STORE'))}")
-    mlflow_export(args, client, args.run_id)
+    if table:
+        print()
+        print(table, end="")
+    if location:
+        print(f"report: {location}")
     return 0
+
+
+def _safe(fn, default):
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001  (only for a hint after another error)
+        return default
+
+
+def _summary_dict(result, store_url: str, table: str | None, report: str | None) -> dict:
+    pair = result.pair_analysis
+    return {
+        "run_id": result.run.run_id, "store": store_url, "steps": result.run.steps,
+        "accuracy": result.evaluation.accuracy,
+        "pair": {"classes": list(pair.pair), "names": pair.names, "a_to_b": pair.a_to_b, "b_to_a": pair.b_to_a,
+                 "reliable_prototypes": pair.reliable_prototypes,
+                 "uncertain_prototypes": pair.uncertain_prototypes,
+                 "uncertain_prototype": pair.uncertain_prototype},
+        "explanation_key": result.explanation.key,
+        "finetune": None if result.finetune is None else {
+            "rows": [{"protocol": r.protocol, "accuracy": list(r.accuracy), "a_to_b": list(r.a_to_b),
+                      "b_to_a": list(r.b_to_a), "sum": list(r.sum), "repeats": r.repeats}
+                     for r in result.finetune.rows],
+            "markdown": table},
+        "report": report, "jobs": result.jobs, "notes": result.notes,
+    }
 
 
 def _report_location(key: str, store_url: str | None) -> str:
@@ -389,18 +359,14 @@ def _print_summary(result) -> None:
     pair = result.pair_analysis
     names = pair.names or [str(c) for c in pair.pair]
     print(f"\nrun {result.run.run_id}: {len(result.run.checkpoints)} checkpoints, "
-          f"test accuracy {result.evaluation.accuracy:.4f}")
-    print(f"most confused pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} test confusions)")
+          f"test accuracy {result.evaluation.accuracy * 100:.2f}%")
+    print(f"most confused pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} = "
+          f"{pair.a_to_b + pair.b_to_a} test confusions)")
     print(f"  reliable prototypes: {pair.reliable_prototypes}")
     print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
     print(f"explanation: {result.explanation.key}")
     for note in result.notes:
         print(f"note: {note}")
-    if result.finetune is not None:
-        print("\nfine-tuning (mean +- std over repeats):")
-        for row in result.finetune.rows:
-            print(f"  {row.protocol:<18} acc {row.accuracy[0]:.4f}+-{row.accuracy[1]:.4f}   "
-                  f"confusions {row.sum[0]:.2f}+-{row.sum[1]:.2f}")
 
 
 # ---------------------------------------------------------------- main
@@ -423,22 +389,60 @@ def add_watch_command(sub) -> None:
     add(sub)
 
 
+def add_runs_commands(sub) -> None:
+    from i2x.cli_runs import add_jobs_command, add_runs_command
+
+    add_runs_command(sub)
+    add_jobs_command(sub)
+
+
 COMMANDS: list[Callable] = [add_serve_command, add_up_command, add_analyze_command, add_demo_command,
-                            add_report_command]
+                            add_report_command, add_runs_commands]
 COMMANDS.append(add_watch_command)  # i2x watch RUN (i2x.integrations.live)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from i2x.cli_errors import DIST
+    from i2x.client import __version__
+
     parser = argparse.ArgumentParser(prog="i2x", description="I2X: structured explanations of image classifiers")
+    parser.add_argument("--version", action="version", version=f"i2x {__version__} ({DIST})")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (env I2X_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(sub)
+    for command in sub.choices.values():  # `i2x analyze ... --debug` works too
+        _add_debug(command)
     return parser
 
 
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    if "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one or two lines on stderr and exit status 2, never a
+    traceback (--debug shows it)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    debug = getattr(args, "debug", False) or os.environ.get("I2X_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"i2x {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (every error reaches a person as a sentence)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        message, status = describe(exc)
+        print(f"i2x {args.command}: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

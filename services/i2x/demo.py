@@ -42,7 +42,8 @@ def run_through_services(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from i2x.cli import LocalSystem, _Bars
+    from i2x.localsystem import LocalSystem
+    from i2x.progress import Bars
     from i2x.client import Client, JobFailed
 
     logs = tempfile.mkdtemp(prefix="i2x-demo-logs-")
@@ -52,7 +53,7 @@ def run_through_services(args: argparse.Namespace) -> int:
         store = system.store
         print(f"run {args.run!r} in {store.url}; services: "
               + ", ".join(f"{s} {a}" for s, a in system.addresses.items()), flush=True)
-        bars = _Bars()
+        bars = Bars()
         timings: dict[str, float] = {}
         try:
             with Client(**system.addresses, store=store.url) as client:
@@ -77,13 +78,13 @@ def run_through_services(args: argparse.Namespace) -> int:
 def run_in_process(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
-    from i2x.cli import _Bars
+    from i2x.progress import Bars
     from i2x.engine.params import ExplainParams, FinetuneParams, PrototypeParams
     from i2x.engine.pipeline import run_pipeline
     from i2x.storage import open_store
 
     store = open_store(args.store)
-    bars = _Bars()  # the same bars as through the services, fed with the stages' progress calls
+    bars = Bars()  # the same bars as through the services, fed with the stages' progress calls
 
     def progress(stage: str, done: int, total: int, message: str) -> None:
         bars(stage, SimpleNamespace(done=done, total=total, message=message, state="RUNNING"))

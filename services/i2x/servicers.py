@@ -327,6 +327,14 @@ def page(items: list, key: Callable[[Any], list], page_size: int, page_token: st
     token = base64.urlsafe_b64encode(json.dumps(key(shown[-1])).encode()).decode() if shown and more else ""
     return shown, token
 
+    async def GetServerInfo(self, request, context):
+        from i2x.client import __version__
+
+        store = self.jobs.store  # the client uploads and reads here (one store, said by the services)
+        return jobs_pb2.ServerInfo(service=self.jobs.service, version=__version__, store_url=store.url,
+                                   store_endpoint=getattr(store, "endpoint", "") or "",
+                                   store_secure=bool(getattr(store, "secure", False)))
+
 
 JobFactory = Callable[[str, dict], Callable[[JobContext], dict | None]]
 

@@ -26,7 +26,7 @@ def finished(tmp_path_factory, tiny_mnist_npz):
         prototypes=PROTOTYPES, clusters=CLUSTERS,
         finetune=FinetuneParams(protocols=["full", "curated->full"], repeats=2), report=False,
         explanation_fraction=0.3,
-        progress=lambda stage, done, total, message: events.append((stage, done, total)))
+        progress=lambda stage, event: events.append((stage, event.done, event.total, event.state)))
     return store, result, events
 
 
@@ -65,8 +65,12 @@ def test_pipeline_writes_every_documented_artifact(finished):
         table = store.get_json("runs/tiny/finetune/table.json")
         assert [row["protocol"] for row in table["rows"]] == ["full", "curated->full"]
         assert "±" in store.get_bytes("runs/tiny/finetune/table.md").decode()
-    stages_seen = {stage for stage, _, _ in events}
+    stages_seen = {stage for stage, _, _, _ in events}
     assert {"train", "interpret", "explain"} <= stages_seen
+    # the SDK's callback shape: each stage ends with one SUCCEEDED event, after its RUNNING ones
+    for stage in stages_seen:
+        states = [state for s, _, _, state in events if s == stage]
+        assert states[-1] == "SUCCEEDED" and states.count("SUCCEEDED") == 1, (stage, states)
 
 
 def test_second_run_resumes_without_redoing_units(finished, tiny_mnist_npz):
@@ -234,3 +238,12 @@ def test_a_failed_registration_leaves_no_file_and_nan_weights_are_refused(finish
     assert "fc.weight" in str(info.value)
     assert store.list("runs/half/checkpoints/") == [] and store.list("runs/half/evaluation/") == []
     assert torch.isfinite(checkpoint_from_bytes(store.get_bytes(good))[0]["fc.weight"]).all()
+def test_an_existing_run_given_another_spec_is_an_error_unless_overwrite(finished):
+    store, _, _ = finished
+    with pytest.raises(FailedPrecondition, match="overwrite"):
+        run_pipeline(store, "tiny", train={**TINY_TRAIN, "epochs": 7}, report=False)
+    with pytest.raises(FailedPrecondition, match="overwrite"):
+        run_pipeline(store, "tiny", checkpoints={1: b"x"}, report=False)  # other steps than the run's
+    with pytest.raises(InvalidArgument, match="model"):
+        run_pipeline(store, "never-created", report=False)
+    assert not store.exists("runs/never-created/run.json")

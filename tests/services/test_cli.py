@@ -29,9 +29,37 @@ def test_parser_has_serve_up_analyze_and_flags_override_settings(monkeypatch):
     assert parser.parse_args(["up", "--base-port", "0"]).func is cli.cmd_up
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (Ray's head processes, its workers, the services)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_up_starts_four_services_and_stops_on_ctrl_c(tmp_path):
+def test_up_starts_four_services_and_sigterm_stops_the_whole_tree(tmp_path):
     from i2x.client import Client
 
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1", I2X_GRACE_SECONDS="1")
@@ -57,10 +85,16 @@ def test_up_starts_four_services_and_stops_on_ctrl_c(tmp_path):
             assert client.list_runs() == []
             with pytest.raises(Exception):
                 client.get_run("missing")
-        up.send_signal(signal.SIGINT)
+            info = client.server_info("clustering")
+            assert info.service == "clustering" and info.store_url == f"file://{tmp_path / 'store'}"
+        tree = _descendants(up.pid)
+        assert len(tree) >= 5, tree  # the four services and at least Ray's GCS
+        up.send_signal(signal.SIGTERM)  # Ray's own SIGTERM handler must not win
         output, _ = up.communicate(timeout=60)
         assert up.returncode == 0, output
-        assert "i2x up: stopped" in output
+        assert "i2x up: stopped" in output and "Traceback" not in output, output
+        time.sleep(1)
+        assert [pid for pid in tree if _alive(pid)] == [], "orphans left: " + output
     finally:
         if up.poll() is None:
             up.kill()

@@ -6,20 +6,23 @@ import json
 import os
 import threading
 import time
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Callable
 
 import grpc
 
 from i2x import tracing
-from i2x.client.jobs import Job, JobEvent, JobFailed
+from i2x.client._version import __version__
+from i2x.client.jobs import Job, JobEvent, JobFailed, JobInfo
 from i2x.client.results import (ClassExplanation, CurationResult, Evaluation, ExplanationSummary, FinetuneTable,
                                 PairAnalysis, PipelineResult, Run)
 from i2x.client.store import StoreReader, open_reader
 from i2x.v1 import (clustering_pb2, clustering_pb2_grpc, common_pb2, explanation_pb2, explanation_pb2_grpc,
-                    interpretation_pb2, interpretation_pb2_grpc, jobs_pb2_grpc, training_pb2, training_pb2_grpc)
+                    interpretation_pb2, interpretation_pb2_grpc, jobs_pb2, jobs_pb2_grpc, training_pb2,
+                    training_pb2_grpc)
 
-__all__ = ["Client", "JobFailed", "DEFAULT_PORTS"]
+__all__ = ["Client", "JobFailed", "DEFAULT_PORTS", "ServerInfo", "ServiceUnavailable"]
 
 # Same as i2x.config.SERVICE_PORTS (a test keeps them equal; the client does not import the server half).
 DEFAULT_PORTS = {"training": 50051, "interpretation": 50052, "clustering": 50053, "explanation": 50054}
@@ -36,6 +39,36 @@ PROTOCOLS = {"full": common_pb2.FINETUNE_PROTOCOL_FULL, "curated": common_pb2.FI
 SCOPES = {"all": common_pb2.CURATION_SCOPE_ALL, "pair": common_pb2.CURATION_SCOPE_PAIR}
 
 Progress = Callable[[str, JobEvent], None] | None
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+@dataclass
+class ServerInfo:
+    """What GetServerInfo says about one service process."""
+    service: str
+    version: str
+    store_url: str
+    store_endpoint: str = ""
+    store_secure: bool = False
+
+
+class ServiceUnavailable(ConnectionError):
+    """No I2X service answers at an address (nothing listens, or it is down)."""
+
+    def __init__(self, service: str, address: str, detail: str = ""):
+        self.service, self.address = service, address
+        super().__init__(f"no I2X {service} service answers at {address}: start the services with `i2x up`, "
+                         f"or point I2X_ENDPOINT (or I2X_{service.upper()}_ADDR) at them"
+                         + (f" ({detail})" if detail else ""))
+
+
+def as_dict(values) -> dict | None:
+    """Stage parameters given as a dict or as one of i2x.engine.params' dataclasses."""
+    if values is None or isinstance(values, dict):
+        return values
+    if is_dataclass(values):
+        return asdict(values)
+    raise TypeError(f"give a dict or a parameters dataclass, not {type(values).__name__}")
 
 
 def _message(cls, values: dict | None, field: str):
@@ -92,7 +125,8 @@ def finetune_message(values: dict | None) -> common_pb2.FinetuneParams:
 class Client:
     """Talks to the four services. Addresses are "host:port"; token is the bearer token
     (I2X_API_TOKEN on the servers); tls=True uses system roots, a path names a CA bundle;
-    store (a path or s3://BUCKET) is where arrays are read and local checkpoints uploaded."""
+    store (a path or s3://BUCKET) is where arrays are read and local checkpoints uploaded; by default
+    the store the services report (GetServerInfo), so uploads go where the services read."""
 
     def __init__(self, training: str | None = None, interpretation: str | None = None,
                  clustering: str | None = None, explanation: str | None = None, *, token: str | None = None,
@@ -121,12 +155,13 @@ class Client:
     @classmethod
     def from_env(cls, **overrides) -> "Client":
         """I2X_TRAINING_ADDR ... I2X_EXPLANATION_ADDR, else I2X_ENDPOINT (host; default 127.0.0.1) with
-        the default ports; I2X_API_TOKEN; I2X_CLIENT_TLS (true, or a CA file); I2X_STORE."""
+        the default ports; I2X_API_TOKEN; I2X_CLIENT_TLS (true, or a CA file). The store is the one
+        the services report (I2X_STORE is the services' setting; pass store= to read another)."""
         env = os.environ.get
         host = env("I2X_ENDPOINT") or "127.0.0.1"
         kwargs = {s: env(f"I2X_{s.upper()}_ADDR") or f"{host}:{port}" for s, port in DEFAULT_PORTS.items()}
         tls = env("I2X_CLIENT_TLS", "")
-        kwargs.update(token=env("I2X_API_TOKEN") or None, store=env("I2X_STORE") or None,
+        kwargs.update(token=env("I2X_API_TOKEN") or None,
                       tls=True if tls.lower() in ("1", "true", "yes") else (tls if tls and tls.lower() not in
                                                                              ("0", "false", "no") else False))
         kwargs.update(overrides)
@@ -171,9 +206,31 @@ class Client:
     def _job(self, service: str, method: str, request) -> Job:
         return Job(self, service, self._call(service, None, method, request))
 
+    def server_info(self, service: str = "training", *, timeout: float = 5.0) -> ServerInfo:
+        """The service's name, version and store (one quick call: no retries, so a service that is
+        not there is known at once as ServiceUnavailable)."""
+        try:
+            m = self._stub(service, "jobs").GetServerInfo(jobs_pb2.GetServerInfoRequest(), metadata=self._metadata,
+                                                          timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ServiceUnavailable(service, self.addresses[service]) from None
+            raise
+        return ServerInfo(m.service, m.version, m.store_url, m.store_endpoint, m.store_secure)
+
     @property
     def store(self) -> StoreReader:
-        if not isinstance(self._store, StoreReader):
+        if isinstance(self._store, StoreReader):
+            return self._store
+        if self._store is None:
+            service = next((s for s in SERVICES if s in self._channels), None)
+            if service is None:
+                raise ValueError("no service address and no store: pass store='PATH' or 's3://BUCKET'")
+            info = self.server_info(service)
+            options = {"endpoint": info.store_endpoint, "secure": info.store_secure} if \
+                info.store_url.startswith("s3://") else {}
+            self._store = open_reader(info.store_url, **options)
+        else:
             self._store = open_reader(self._store)
         return self._store
 
@@ -329,15 +386,27 @@ class Client:
 
     @tracing.traced("i2x.run_pipeline")  # one trace for the whole analysis when tracing is on
     def run_pipeline(self, run_id: str, *, model: dict | None = None, dataset: dict | None = None,
-                     train: dict | None = None, checkpoints: dict[int, str] | None = None,
-                     interpret: dict | None = None, prototypes: dict | None = None, clusters: dict | None = None,
-                     explain: dict | None = None, finetune: dict | None = None, progress: Progress = None,
-                     timeout: float | None = None, explanation_fraction: float | None = None,
-                     report: bool = False) -> PipelineResult:
+                     train: dict | None = None, checkpoints: dict[int, str | Path] | None = None,
+                     interpret=None, prototypes=None, clusters=None, explain=None, finetune=None,
+                     report: bool = True, overwrite: bool = False, explanation_fraction: float | None = None,
+                     explanation_seed: int | None = None, progress: Progress = None,
+                     timeout: float | None = None) -> PipelineResult:
         """Train (or register `checkpoints`, or take the run as it is when it has checkpoints),
         interpret, extract prototypes (alongside the interpretation), cluster, explain, with
         `finetune` curate and fine-tune, and with `report` build the HTML report last (stage
-        "report"; its key in result.report_key). progress(stage, JobEvent) follows every job."""
+        "report"; its key in result.report_key). progress(stage, JobEvent) follows every job.
+
+        The same signature and defaults as the in-process i2x.engine.pipeline.run_pipeline (which
+        takes the store first): stage parameters are dicts or i2x.engine.params dataclasses. An
+        existing run given a spec (model, dataset, train, checkpoints) other than its own is an
+        error (FAILED_PRECONDITION) unless overwrite=True, which recreates it."""
+        interpret, prototypes, clusters, explain, finetune = (
+            as_dict(interpret), as_dict(prototypes), as_dict(clusters), as_dict(explain), as_dict(finetune))
+        checkpoints = {int(k): (Path(v[len("file://"):]) if isinstance(v, str) and v.startswith("file://") else v)
+                       for k, v in (checkpoints or {}).items()}
+        missing = [str(v) for v in checkpoints.values() if isinstance(v, Path) and not v.is_file()]
+        if missing:  # before anything is created
+            raise FileNotFoundError(f"checkpoints: no such local file {', '.join(missing)}")
         jobs: dict[str, str] = {}
 
         def follow(stage: str, job: Job) -> dict:
@@ -349,9 +418,31 @@ class Client:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
+            run = None
+        given = any(x is not None for x in (model, dataset, train, explanation_fraction, explanation_seed))
+        if run is not None and (given or overwrite):
+            # CreateRun compares the specs with the run's: the same returns the run, others are an error
+            # unless overwrite. A spec not given is the run's own.
+            stored = run.metadata
+            explanation = stored.get("explanation") or {}
+            run = self.create_run(
+                run_id, model=model if model is not None else stored.get("model"),
+                dataset=dataset if dataset is not None else stored.get("dataset"),
+                train=train if train is not None else stored.get("train"),
+                explanation_fraction=explanation_fraction if explanation_fraction is not None
+                else explanation.get("fraction"),
+                explanation_seed=explanation_seed if explanation_seed is not None else explanation.get("seed"),
+                overwrite=overwrite)
+        elif run is None:
             run = self.create_run(run_id, model=model, dataset=dataset, explanation_fraction=explanation_fraction,
+                                  explanation_seed=explanation_seed,
                                   train=None if checkpoints else (train or {}))
-        if not run.checkpoints:
+        if run.checkpoints and checkpoints and not overwrite:
+            have = {int(c["step"]) for c in run.checkpoints}
+            if set(checkpoints) != have or any(isinstance(v, Path) for v in checkpoints.values()):
+                raise ValueError(f"run {run_id!r} already has checkpoints (steps {sorted(have)}); "
+                                 "pass overwrite=True to replace them, or another run id")
+        if not run.checkpoints or (checkpoints and overwrite):
             follow("register" if checkpoints else "train",
                    self.register_checkpoints(run_id, checkpoints) if checkpoints else self.train(run_id))
             run = self.get_run(run_id)
@@ -379,6 +470,26 @@ class Client:
         if report:  # last, so the report shows the fine-tuning table and the confusion after it
             result.report_key = follow("report", self.report(run_id))["key"]
         return result
+
+    # ------------------------------------------------------------ jobs of every service
+
+    def list_jobs(self, service: str | None = None, *, run_id: str | None = None) -> list[JobInfo]:
+        """Jobs of one service, or of every service with an address (oldest first per service)."""
+        out = []
+        for name in ([service] if service else [s for s in SERVICES if s in self._channels]):
+            response = self._call(name, "jobs", "ListJobs", jobs_pb2.ListJobsRequest(run_id=run_id or ""))
+            out.extend(JobInfo.from_proto(j) for j in response.jobs)
+        return out
+
+    def job(self, job_id: str, service: str | None = None) -> Job:
+        """The job with this id, looked up on `service` or on every service in turn."""
+        for name in ([service] if service else [s for s in SERVICES if s in self._channels]):
+            try:
+                return Job(self, name, self._call(name, "jobs", "GetJob", jobs_pb2.GetJobRequest(job_id=job_id)))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        raise LookupError(f"no job {job_id!r} on {service or 'any service'}")
 
 
 def _outcome(fn):

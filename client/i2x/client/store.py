@@ -53,7 +53,13 @@ class LocalReader(StoreReader):
         self.url = f"file://{self.root}"
 
     def get_bytes(self, key: str) -> bytes:
-        return (self.root / _check_key(key)).read_bytes()
+        path = self.root / _check_key(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object {key!r} in the store {self.url}")
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return (self.root / _check_key(key)).is_file()
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self.root / _check_key(key)
@@ -110,7 +116,7 @@ class S3Reader(StoreReader):
             self.client.stat_object(bucket_name=self.bucket, object_name=self.prefix + _check_key(key))
             return True
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "NoSuchBucket"):
                 return False
             raise
 

@@ -113,3 +113,21 @@ class ListJobsResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("service", "version", "store_url", "store_endpoint", "store_secure")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORE_URL_FIELD_NUMBER: _ClassVar[int]
+    STORE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STORE_SECURE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    version: str
+    store_url: str
+    store_endpoint: str
+    store_secure: bool
+    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., store_url: _Optional[str] = ..., store_endpoint: _Optional[str] = ..., store_secure: bool = ...) -> None: ...

@@ -55,6 +55,11 @@ class JobsServiceStub(object):
                 request_serializer=i2x_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=i2x_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/i2x.v1.JobsService/GetServerInfo',
+                request_serializer=i2x_dot_v1_dot_jobs__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=i2x_dot_v1_dot_jobs__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class JobsServiceServicer(object):
@@ -89,6 +94,13 @@ class JobsServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """The process's service name, version and store, so a client uses the same store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_JobsServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=i2x_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
                     response_serializer=i2x_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=i2x_dot_v1_dot_jobs__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=i2x_dot_v1_dot_jobs__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class JobsService(object):
             '/i2x.v1.JobsService/ListJobs',
             i2x_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             i2x_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/i2x.v1.JobsService/GetServerInfo',
+            i2x_dot_v1_dot_jobs__pb2.GetServerInfoRequest.SerializeToString,
+            i2x_dot_v1_dot_jobs__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,

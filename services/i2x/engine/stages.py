@@ -134,6 +134,7 @@ def create_run(store: Store, run_id: str, *, model: dict, dataset: dict, train: 
     record = {
         "run_id": run_id,
         "created": time.time(),
+        "i2x_version": __import__("i2x.client._version", fromlist=["_"]).__version__,  # the I2X that made it
         **wanted,
         "classes": list(splits.classes),
         "target_layer": layer,

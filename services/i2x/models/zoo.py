@@ -151,8 +151,11 @@ def _build_custom(spec: ModelSpec) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidArgument(f"cannot import {module_name!r} ({exc}); make the module importable "
-                              "(installed or on PYTHONPATH)", field="model.factory") from None
+        from i2x.process import describe_process
+
+        raise InvalidArgument(f"{describe_process()} cannot import {module_name!r} ({exc}); install the module "
+                              "where the services and their Ray workers run, or put it on their PYTHONPATH "
+                              "(README: 'Your own model')", field="model.factory") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise InvalidArgument(f"{module_name!r} has no callable {function_name!r}", field="model.factory")

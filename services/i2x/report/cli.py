@@ -33,12 +33,15 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
 
 
 def run_report_command(args: argparse.Namespace) -> int:
+    from i2x.cli_runs import open_existing_store as open_store  # a mistyped folder is reported, not created
+
+    compare = args.compare or []
+    if not args.run and len(compare) != 2:  # before anything is opened or built
+        raise InvalidArgument("name the run: --run RUN_ID (or --compare RUN_A RUN_B)", field="run")
     from i2x.report import build_comparison, build_report
-    from i2x.storage import open_store
 
     store = open_store(args.store)
     other_store = open_store(args.compare_store) if args.compare_store else store
-    compare = args.compare or []
     if len(compare) > 2:
         raise InvalidArgument(f"--compare takes RUN_B or RUN_A RUN_B, got {len(compare)} runs", field="compare")
     if len(compare) == 2:
