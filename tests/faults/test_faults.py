@@ -201,6 +201,21 @@ def test_a_killed_ray_actor_is_replaced_and_the_job_finishes(tmp_path, ray_local
         assert pool.started > started
         assert all(store.exists(f"runs/ray/interpretation/step-{s:06d}.npz") for s in range(6))
         assert store.get_json(f"jobs/interpretation/{job.job_id}.json")["state"] == "SUCCEEDED"
+
+        # A unit that fails inside an actor: the client gets the cause in one line, not Ray's traceback.
+        training.CreateRun(training_pb2.CreateRunRequest(
+            run_id="ray-bad", model=common_pb2.ModelSpec(**spec),
+            dataset=common_pb2.DatasetSpec(kind="npz", root=dataset), explanation_fraction=1.0), timeout=WAIT)
+        register = training.RegisterCheckpoints(training_pb2.RegisterCheckpointsRequest(run_id="ray-bad", checkpoints=[
+            training_pb2.CheckpointRef(step=s, key=f"uploads/ray/{s}.safetensors") for s in range(2)]), timeout=WAIT)
+        assert _final(jobs, register.job_id).state == jobs_pb2.JOB_STATE_SUCCEEDED
+        store.put_bytes("runs/ray-bad/checkpoints/step-000001.safetensors", b"\x00" * 64)  # corrupted in place
+        job = interpretation_pb2_grpc.InterpretationServiceStub(interp_channel).StartInterpretation(
+            interpretation_pb2.StartInterpretationRequest(run_id="ray-bad"), timeout=WAIT)
+        failed = _final(interp_jobs, job.job_id)
+        assert (failed.state, failed.error_code) == (jobs_pb2.JOB_STATE_FAILED, "INVALID_ARGUMENT")
+        assert failed.error.startswith("checkpoint: not a safetensors checkpoint"), failed.error
+        assert len(failed.error) <= 300 and not any(t in failed.error for t in ("Traceback", "pid=", "ray::", "\x1b"))
         channel.close()
         interp_channel.close()
     finally:
