@@ -216,3 +216,24 @@ def test_list_rpcs_page(stack):
             break
     assert seen == every and {"page-a", "page-b", "page-c"} <= set(seen)
     assert refused(jobs.ListJobs, jobs_pb2.ListJobsRequest(page_token="not-a-token")).startswith("page_token: ")
+
+
+def test_jobs_per_service_are_limited(stack, monkeypatch):
+    from i2x.v1 import common_pb2, jobs_pb2, training_pb2
+
+    _, _, channels, tiny_dataset = stack
+    training, _, _, _, jobs = stubs(channels)
+    for run_id in ("busy-a", "busy-b"):
+        training.CreateRun(training_pb2.CreateRunRequest(
+            run_id=run_id, model=common_pb2.ModelSpec(num_classes=3),
+            dataset=common_pb2.DatasetSpec(kind="npz", root=tiny_dataset), explanation_fraction=0.5,
+            train=common_pb2.TrainConfig(preset="tiny", epochs=200)), timeout=WAIT)
+    monkeypatch.setenv("I2X_MAX_JOBS", "1")
+    first = training.StartTraining(training_pb2.StartTrainingRequest(run_id="busy-a"), timeout=WAIT)
+    try:
+        details = refused(training.StartTraining, training_pb2.StartTrainingRequest(run_id="busy-b"),
+                          grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert details.startswith("job: this service already holds 1 unfinished jobs (I2X_MAX_JOBS)")
+    finally:
+        jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=first.job_id), timeout=WAIT)
+    assert wait_job(jobs, first.job_id).state == jobs_pb2.JOB_STATE_CANCELLED

@@ -620,14 +620,16 @@ def extract_prototypes(store: Store, run_id: str, params: PrototypeParams, *, pr
     _check(cancel)
     _report(progress, 1, 2, f"PCA + KMeans into {params.n_prototypes} prototypes")
     assignments = extractor.fit_transform(features)
-    store.put_npz(key, assignments=assignments.astype(np.int16),
+    staged = StagedStore(store)  # the .npz and its summary together, or neither
+    staged.put_npz(key, assignments=assignments.astype(np.int16),
                   centroids=extractor.centroids_.astype(np.float32),
                   pca_components=extractor.pca_.components_.astype(np.float32),
                   pca_mean=extractor.pca_.mean_.astype(np.float32))
     counts = np.bincount(assignments.ravel(), minlength=params.n_prototypes)
     summary = {"params": params.to_dict(), "step": final_step, "target_layer": layer,
                "feature_shape": list(features.shape), "positions_per_prototype": counts.tolist(), "key": key}
-    store.put_json(params_key, summary)
+    staged.put_json(params_key, summary)
+    staged.commit()
     _report(progress, 2, 2, "prototypes written", key)
     return summary
 
@@ -651,11 +653,13 @@ def cluster_confidences(store: Store, run_id: str, params: ClusterParams, *, pro
         _check(cancel)
         labels[t] = clusterer.fit_predict(dp[t])
         _report(progress, t + 1, dp.shape[0], f"HDBSCAN at step {int(steps[t])}")
-    store.put_npz(key, labels=labels, steps=steps[:-1])
+    staged = StagedStore(store)  # the .npz and its summary together, or neither
+    staged.put_npz(key, labels=labels, steps=steps[:-1])
     n_clusters = [int(len(set(row.tolist()) - {-1})) for row in labels]
     summary = {"params": params.to_dict(), "n_clusters": n_clusters,
                "noise_fraction": float(np.mean(labels == -1)), "key": key}
-    store.put_json(_key(run_id, "clustering", "confidence_clusters.json"), summary)
+    staged.put_json(_key(run_id, "clustering", "confidence_clusters.json"), summary)
+    staged.commit()
     return summary
 
 
@@ -850,6 +854,8 @@ def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress:
     table["prototype"] = int(curated["prototype"])
     table["sizes"] = {"full": int(len(full.labels)), "curated": int(len(kept))}
     table = add_statistics(table, removed_fraction_per_class=removed_fraction_per_class(full.labels, kept, len(classes)))
-    store.put_json(_key(run_id, "finetune", "table.json"), table)
-    store.put_text(_key(run_id, "finetune", "table.md"), table_markdown(table, classes), "text/markdown")
+    staged = StagedStore(store)  # both tables or neither
+    staged.put_json(_key(run_id, "finetune", "table.json"), table)
+    staged.put_text(_key(run_id, "finetune", "table.md"), table_markdown(table, classes), "text/markdown")
+    staged.commit()
     return table
