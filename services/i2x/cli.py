@@ -303,13 +303,17 @@ def cmd_analyze(args) -> int:
                       file=sys.stderr)
             raise
         bars.close()
+        try:  # explanation.json itself, for the sentences of i2x.core.narrative
+            explanation_doc = client.load(result.explanation.key)
+        except Exception:  # noqa: BLE001  (no readable store here: fall back to the RPC summary)
+            explanation_doc = None
         table = client.load(result.finetune.markdown_key).decode() if result.finetune else None
     location = _report_location(result.report_key, info.store_url) if result.report_key else None
     mlflow_export(args, client, args.run_id)  # --mlflow: a failure is a warning, the analysis stands
     if args.json:
         print(json.dumps(_summary_dict(result, info.store_url, table, location), indent=2))
         return 0
-    _print_summary(result)
+    _print_summary(result, explanation_doc)
     if table:
         print()
         print(table, end="")
@@ -355,15 +359,19 @@ def _report_location(key: str, store_url: str | None) -> str:
     return str(Path(store_url.removeprefix("file://")).expanduser().resolve() / key)
 
 
-def _print_summary(result) -> None:
+def _print_summary(result, explanation_doc: dict | None = None) -> None:
     pair = result.pair_analysis
     names = pair.names or [str(c) for c in pair.pair]
     print(f"\nrun {result.run.run_id}: {len(result.run.checkpoints)} checkpoints, "
           f"test accuracy {result.evaluation.accuracy * 100:.2f}%")
-    print(f"most confused pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} = "
-          f"{pair.a_to_b + pair.b_to_a} test confusions)")
-    print(f"  reliable prototypes: {pair.reliable_prototypes}")
-    print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
+    if explanation_doc is not None:
+        from i2x.core.narrative import summary_lines  # warnings first, then the true most confused pair
+
+        for line in summary_lines(explanation_doc):
+            print(line)
+    else:
+        print(f"analysed pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} test confusions)")
+        print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
     print(f"explanation: {result.explanation.key}")
     for note in result.notes:
         print(f"note: {note}")

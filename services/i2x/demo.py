@@ -110,18 +110,17 @@ def print_summary(store, run_id: str, seconds: float, timings: dict[str, float])
 
     run = stages.get_run(store, run_id)
     explanation = stages.get_explanation(store, run_id)
-    classes = run["classes"]
     folder = f"{store.url}/runs/{run_id}"
     print()
     print(f"Results folder: {folder}")
     index = store.get_json(stages.run_key(run_id, "checkpoints", "index.json"))
     print(f"  final test accuracy {index['accuracy'] * 100:.2f}% over {len(run['checkpoints'])} checkpoints")
-    pair = explanation.get("most_confused_pair") or {}
-    if pair:
-        print(f"  most confused pair: {classes[pair['a']]} / {classes[pair['b']]} "
-              f"({pair['a_to_b']} + {pair['b_to_a']} = {pair['count']} test confusions)")
-    if explanation.get("uncertain_prototype") is not None:
-        print(f"  uncertain prototype: P-{explanation['uncertain_prototype']}")
+    from i2x.core.narrative import summary_lines  # warnings first, then the true most confused pair
+
+    for warning in run.get("warnings") or []:  # the run's own (MANY_CHECKPOINTS), then the explanation's
+        print(f"  warning {warning['code']}: {warning['message']}")
+    for line in summary_lines(explanation):
+        print(f"  {line}")
     table = stages.run_key(run_id, "finetune", "table.md")
     if store.exists(table):
         print()

@@ -255,7 +255,7 @@ def test_build_explanation_end_to_end():
         "size_before": 4, "size_after": 2, "removed": 2, "removed_per_class": [1, 1],
         "removed_fraction_per_class": [0.5, 0.5], "removed_indices": [1, 2], "cap": 0.5, "limited": True,
         "limited_classes": [0]}
-    assert "2 of 2 'two' (100%)" in summary["message"] and "max_removed_fraction to 1.0" in summary["message"]
+    assert "2 of the 2 'two' samples (100%)" in summary["message"] and "max_removed_fraction to 1.0" in summary["message"]
     assert [w["code"] for w in out["warnings"]] == ["FEW_CLASS_SAMPLES", "FEW_PAIR_CONFUSIONS", "CURATION_LIMITED"]
     assert out["warnings"][2]["message"] == summary["message"]
     assert out["samples_per_class"] == [2, 2] and out["parameters"]["n_prototypes"] == 4

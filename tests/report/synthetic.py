@@ -38,6 +38,8 @@ def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class
         assignments[n, c % h, :] = c
         if n % 2 == 0 and c + K < M - 1:
             assignments[n, (c + 2) % h, 1:4] = c + K
+        if c == 3 and n % 2 == 1:  # trouser's shared prototype in half the dresses: the pair shares it
+            assignments[n, 1 % h, 2:6] = 1
         assignments[n, rng.integers(0, h), rng.integers(0, w)] = rng.integers(0, M)
     # Confidences drift from uniform towards the true class over the checkpoints.
     confidences = np.empty((T, N, K), dtype=np.float32)

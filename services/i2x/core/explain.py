@@ -465,6 +465,29 @@ def pair_analysis(a, b, *, presence, labels, W, steps, class_names=None, min_pre
     }
 
 
+PAIR_ANALYSIS_PARAMETERS = ("min_presence_fraction", "min_contribution_fraction", "min_shared_fraction")
+
+
+def pair_context(explanation: dict | None) -> dict:
+    """The pair_analysis keyword arguments an explanation.json used (its thresholds and background
+    prototypes), so that another pair of the same run is analysed by the same rules."""
+    if not explanation:
+        return {}
+    parameters = explanation.get("parameters") or {}
+    context = {name: parameters[name] for name in PAIR_ANALYSIS_PARAMETERS if name in parameters}
+    if explanation.get("background_prototypes") is not None:
+        context["background"] = [int(m) for m in explanation["background_prototypes"]]
+    return context
+
+
+def withhold_near_chance(analysis: dict, explanation: dict | None) -> dict:
+    """A pair analysis of a run whose explanation found the model near chance names no uncertain prototype."""
+    if explanation and any(w.get("code") == "NEAR_CHANCE_ACCURACY" for w in explanation.get("warnings") or []):
+        return {**analysis, "uncertain_prototype": None, "uncertain_prototype_source": None,
+                "withheld": "NEAR_CHANCE_ACCURACY"}
+    return analysis
+
+
 def _check_confusion(confusion) -> np.ndarray:
     confusion = np.asarray(confusion)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.shape[0] < 2:
@@ -585,13 +608,13 @@ def curation_summary(presence, labels, prototype, scope: str = "all", pair=None,
     sizes = np.bincount(labels, minlength=n_classes)
     message = None
     if limited:
-        parts = [f"{held} of {n_c} '{_name(class_names, c)}' ({_pct(held / n_c)})"
+        parts = [f"{held} of the {n_c} '{_name(class_names, c)}' samples ({_pct(held / n_c)})"
                  for c, (held, n_c, _allowed) in sorted(limited.items())]
-        message = (f"P-{int(prototype)} is in {', '.join(parts)} samples, more than the cap of "
+        message = (f"P-{int(prototype)} is in {', '.join(parts)}, more than the cap of "
                    f"{_pct(max_removed_fraction)} of a class: only the {_pct(max_removed_fraction)} with the "
                    f"largest area of P-{int(prototype)} are removed from those classes. To remove every sample "
-                   "that holds it, set max_removed_fraction to 1.0 (ExplainParams.extra); to spare the other "
-                   "classes, use curation_scope 'pair'.")
+                   "that holds it, set max_removed_fraction to 1.0 (ExplainParams.extra); or curate with "
+                   "another prototype (Curate's prototype).")
     return {
         "size_before": int(len(labels)),
         "size_after": int(kept.size),

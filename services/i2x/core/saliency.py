@@ -1,4 +1,4 @@
-"""Batched Grad-CAM at feature resolution (DESIGN.md 1.1, paper Eq. 1).
+"""Batched Grad-CAM at feature resolution (paper Eq. 1, restated in docs/METHOD.md).
 
 Grad-CAM for class c at a layer with output A (d channels, h x w):
     alpha_k = mean_ij dy_c/dA_kij,   S = ReLU(sum_k alpha_k A_k).

@@ -759,7 +759,7 @@ def analyze_pair(store: Store, run_id: str, pair: list[int] | tuple[int, int], *
     """Reliable and uncertain prototypes of any pair of classes (paper 3.3), from the stored
     prototypes and mapping; the explanation holds only its most confused pair's analysis.
     params: those of i2x.core.explain.pair_analysis (min_presence_fraction, ...)."""
-    from i2x.core.explain import pair_analysis, presence
+    from i2x.core.explain import pair_analysis, pair_context, presence, withhold_near_chance
 
     record = get_run(store, run_id)
     require(store, _key(run_id, "explanation", "mapping.npz"), "the mapping W_t", "explanation")
@@ -770,8 +770,12 @@ def analyze_pair(store: Store, run_id: str, pair: list[int] | tuple[int, int], *
     labels = store.get_npz(_key(run_id, "data", "explanation.npz"))["labels"]
     n_prototypes = int(prototypes["centroids"].shape[0])
     present = presence(prototypes["assignments"].astype(np.int64), n_prototypes)
-    return pair_analysis(int(pair[0]), int(pair[1]), presence=present, labels=labels, W=mapping["W"],
-                         steps=mapping["steps"], class_names=record["classes"], **params)
+    explanation_key = _key(run_id, "explanation", "explanation.json")
+    explanation = store.get_json(explanation_key) if store.exists(explanation_key) else None
+    analysis = pair_analysis(int(pair[0]), int(pair[1]), presence=present, labels=labels, W=mapping["W"],
+                             steps=mapping["steps"], class_names=record["classes"],
+                             **{**pair_context(explanation), **params})  # the explanation's own rules
+    return withhold_near_chance(analysis, explanation)
 
 
 def curate_run(store: Store, run_id: str, *, prototype: int | None = None, scope: str = "all",
