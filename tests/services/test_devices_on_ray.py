@@ -29,7 +29,7 @@ def stack(tmp_path_factory, ray_local, tiny_dataset):
     services.stop()
 
 
-def test_training_runs_as_a_ray_task(stack, tiny_dataset, monkeypatch):
+def test_training_runs_as_a_ray_task_and_units_record_their_placement(stack, ray_local, tiny_dataset, monkeypatch):
     _, client, store = stack
     monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
     monkeypatch.setenv("I2X_TRAIN_GPUS", "auto")  # no GPU in this cluster: 0
@@ -52,6 +52,16 @@ def test_training_runs_as_a_ray_task(stack, tiny_dataset, monkeypatch):
     reported = [e for e in events if e.state == "RUNNING" and "epoch 1/1 loss" in e.message]
     assert reported and reported[-1].total == 6 and events[-1].done == 6
 
+    # where each interpretation unit ran: interpretation/index.json's placement
+    client.interpret("on-ray", device="auto", precision="fp32").result(timeout=120)
+    index = store.get_json("runs/on-ray/interpretation/index.json")
+    nodes = {n["NodeID"] for n in ray_local.nodes() if n["Alive"]}
+    assert [p["step"] for p in index["placement"]] == index["steps"] == [2, 4, 6]
+    for record in index["placement"]:
+        assert record["node_id"] in nodes  # ran in a Ray actor, which knows its node
+        assert record["device"] == "cpu" and record["device_name"] == ""  # no GPU in this cluster
+        assert 0 < record["seconds"] < 60
+
 
 def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
     _, client, store = stack
@@ -71,22 +81,6 @@ def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
     assert not store.exists("runs/cancel-ray/checkpoints/index.json")
 
 
-def test_interpretation_records_where_each_unit_ran(stack, ray_local, tiny_dataset, monkeypatch):
-    _, client, store = stack
-    monkeypatch.setenv("I2X_TRAIN_ON_RAY", "false")
-    client.create_run("placed", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset}, train={"preset": "tiny"},
-                      explanation_fraction=0.5)
-    client.train("placed").result(timeout=120)
-    client.interpret("placed", device="auto", precision="fp32").result(timeout=120)
-    index = store.get_json("runs/placed/interpretation/index.json")
-    nodes = {n["NodeID"] for n in ray_local.nodes() if n["Alive"]}
-    assert [p["step"] for p in index["placement"]] == index["steps"] == [2, 4, 6]
-    for record in index["placement"]:
-        assert record["node_id"] in nodes  # ran in a Ray actor, which knows its node
-        assert record["device"] == "cpu" and record["device_name"] == ""  # no GPU in this cluster
-        assert 0 < record["seconds"] < 60
-
-
 def test_gpus_the_cluster_can_never_grant_are_refused(stack, tiny_dataset, monkeypatch):
     _, client, _ = stack
     client.create_run("nogpu", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
@@ -103,15 +97,15 @@ def test_gpus_the_cluster_can_never_grant_are_refused(stack, tiny_dataset, monke
     details = expect(grpc.StatusCode.FAILED_PRECONDITION, "I2X_TRAIN_GPUS", client.train, "nogpu")
     assert "largest node has 2 CPU and 0 GPU" in details
 
-    # interpretation: the run "placed" has checkpoints; GPU units are refused before any job starts
-    expect(grpc.StatusCode.FAILED_PRECONDITION, "params.device", client.interpret, "placed", device="cuda")
+    # interpretation: the run "on-ray" has checkpoints (trained above); GPU units are refused before any job starts
+    expect(grpc.StatusCode.FAILED_PRECONDITION, "params.device", client.interpret, "on-ray", device="cuda")
     monkeypatch.setenv("I2X_RAY_GPUS_PER_TASK", "1")
-    details = expect(grpc.StatusCode.FAILED_PRECONDITION, "I2X_RAY_GPUS_PER_TASK", client.interpret, "placed")
+    details = expect(grpc.StatusCode.FAILED_PRECONDITION, "I2X_RAY_GPUS_PER_TASK", client.interpret, "on-ray")
     assert "I2X_RAY_GPUS_PER_TASK=1 asks for 1 GPU per task" in details
     # ... unless the autoscaler can add a node with one
     monkeypatch.setenv("I2X_RAY_SCALABLE_GPUS", "1")
     monkeypatch.setenv("I2X_RAY_GPUS_PER_TASK", "2")
-    expect(grpc.StatusCode.FAILED_PRECONDITION, "I2X_RAY_GPUS_PER_TASK", client.interpret, "placed")
+    expect(grpc.StatusCode.FAILED_PRECONDITION, "I2X_RAY_GPUS_PER_TASK", client.interpret, "on-ray")
     monkeypatch.setenv("I2X_RAY_GPUS_PER_TASK", "0")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.device", client.interpret, "placed", device="gpu")
-    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "placed", precision="fp8")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.device", client.interpret, "on-ray", device="gpu")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "on-ray", precision="fp8")
