@@ -270,6 +270,8 @@ def through_ray(args, device, workdir: Path, source_store) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a tiny shape on the CPU (small_cnn, 48 images, 3 checkpoints)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a shorter GPU run (1,000 images, 6 checkpoints; `make bench BENCH_ARGS=--quick`)")
     parser.add_argument("--images", type=int, default=None, help=f"explanation images (paper: {PAPER['images']})")
     parser.add_argument("--checkpoints", type=int, default=None, help=f"checkpoints (paper: {PAPER['checkpoints']})")
     parser.add_argument("--batch", type=int, default=None, help=f"images per pass (default {PAPER['batch']})")
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    shape = SMOKE if args.smoke else PAPER
+    shape = SMOKE if args.smoke else (dict(PAPER, images=1000, checkpoints=6) if args.quick else PAPER)
     args.arch, args.size = shape["arch"], shape["size"]
     args.images = args.images or shape["images"]
     args.checkpoints = args.checkpoints or shape["checkpoints"]
