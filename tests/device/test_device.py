@@ -104,3 +104,13 @@ def test_bf16_autocast_maps_correlate_with_fp32(model_and_images, cam_path):
     assert min(per_image) >= 0.99
     assert half.saliency.dtype == np.float32 and half.confidences.dtype == np.float32
     np.testing.assert_allclose(half.confidences.sum(1), 1.0, atol=1e-5)
+
+
+def test_auto_in_a_ray_worker_granted_a_gpu_never_falls_back_to_the_cpu(monkeypatch):
+    """Ray granted GPU 3 but torch sees none (a broken driver, a CPU build of torch): auto fails."""
+    monkeypatch.setattr(dev, "ray_granted_gpus", lambda: ["3"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FailedPrecondition, match=r"'auto' but torch sees no CUDA GPU on this node \(Ray granted GPU 3") as info:
+        dev.resolve_device("auto", field="params.device")
+    assert info.value.field == "params.device"
+    assert dev.resolve_device("cpu") == torch.device("cpu")  # an explicit cpu is still the CPU

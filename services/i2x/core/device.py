@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -44,7 +45,11 @@ def resolve_device(text: str | None = "auto", field: str = "device") -> torch.de
     if value == "cpu":
         return torch.device("cpu")
     if value == "auto":
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+        granted = ray_granted_gpus()
+        if granted:  # Ray granted this worker a GPU: auto means that GPU, and its absence is an error
+            value = "cuda"
+        else:
+            return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     if value == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise FailedPrecondition(f"{field} is 'mps' but torch sees no Apple GPU on this node; "
@@ -54,15 +59,29 @@ def resolve_device(text: str | None = "auto", field: str = "device") -> torch.de
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         why = (f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None
                else f"torch {torch.__version__} built with CUDA {torch.version.cuda or 'none'}")
-        raise FailedPrecondition(f"{field} is {value!r} but torch sees no CUDA GPU on this node ({why}); "
-                                 "run it where a GPU is granted, or set the device to cpu or auto",
-                                 field=field)
+        granted = ray_granted_gpus()
+        if granted:
+            why = f"Ray granted GPU {', '.join(granted)}; torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}, " + why
+        raise FailedPrecondition(f"{field} is {str(text).strip().lower()!r} but torch sees no CUDA GPU on this node "
+                                 f"({why}); run it where a GPU is granted, or set the device to cpu", field=field)
     index = int(value.split(":")[1]) if ":" in value else 0
     count = torch.cuda.device_count()
     if index >= count:
         raise FailedPrecondition(f"{field} is {value!r} but this node has {count} visible GPU(s) "
                                  f"(cuda:0..cuda:{count - 1})", field=field)
     return torch.device("cuda", index)
+
+
+def ray_granted_gpus() -> list[str]:
+    """The GPU ids Ray granted this worker process ([] outside a Ray task or actor that asked for GPUs).
+    Never imports Ray: only a process that already uses it can have been granted anything."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return []
+    try:
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # noqa: BLE001  (a driver, or a worker shutting down)
+        return []
 
 
 def device_name(device: torch.device | str) -> str:

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from i2x.core.device import device_name
+from i2x.core.device import device_name, ray_granted_gpus
 
 
 def ray_node_id() -> str:
@@ -24,17 +24,6 @@ def ray_node_id() -> str:
         return ray.get_runtime_context().get_node_id() or ""
     except Exception:  # noqa: BLE001  (a driver that lost its cluster still records the rest)
         return ""
-
-
-def ray_gpu_ids() -> list[str]:
-    """The GPUs Ray granted this worker (its CUDA_VISIBLE_DEVICES); [] outside Ray or without GPUs."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return []
-    try:
-        return [str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # noqa: BLE001
-        return []
 
 
 def start_unit(device: torch.device) -> None:
@@ -50,5 +39,5 @@ def placement_record(step: int, device: torch.device, seconds: float) -> dict:
               "device_name": device_name(device), "seconds": round(float(seconds), 4)}
     if device.type == "cuda":
         record["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        record["ray_gpu_ids"] = ray_gpu_ids()
+        record["ray_gpu_ids"] = ray_granted_gpus()
     return record
