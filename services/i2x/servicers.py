@@ -301,6 +301,9 @@ class StageServicer:
     def close(self) -> None:
         """Release what the servicer holds besides its jobs (the interpretation service's Ray actors)."""
 
+    def bind_health(self, health, loop) -> None:
+        """Called once the server is up: a servicer whose readiness depends on more (Ray) sets it."""
+
 
 def stage_progress(ctx: JobContext) -> dict:
     """The keyword arguments every stage takes for progress and cancellation."""
@@ -363,6 +366,7 @@ async def start_service(service: str, store: Store, *, host: str | None = None, 
     servicer = make_servicer(service, store, max_workers=max_workers, ray_workers=ray_workers)
     server, bound, health = await start_server(service, registrar(servicer), host=host, port=port, token=token,
                                                tls_cert=tls_cert, tls_key=tls_key, max_message_mb=max_message_mb)
+    servicer.bind_health(health, asyncio.get_running_loop())
     resumed = await asyncio.to_thread(servicer.recover)
     if resumed:
         log.info("%s: resumed jobs %s", service, resumed)
