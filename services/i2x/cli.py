@@ -64,14 +64,12 @@ def cmd_serve(args) -> int:
 
 
 async def _serve(service: str, workers: int, port: int | None = None) -> int:
-    from i2x import raycluster
     from i2x.server import serve_forever
     from i2x.servicers import start_service
     from i2x.storage import open_store
 
     store = open_store()
-    if service == "interpretation":  # fail fast when Ray is unreachable; other services do not use it
-        raycluster.connect()
+    # The interpretation service reaches Ray in the background, with backoff (health NOT_SERVING till then).
     server, port, health, servicer = await start_service(service, store, port=port, max_workers=workers)
     # `i2x up` reads this line to learn the bound port.
     print(f"i2x {service} listening on {config.get('I2X_HOST')}:{port} (store {store.url})", flush=True)

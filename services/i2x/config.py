@@ -38,7 +38,8 @@ SETTINGS: tuple[Setting, ...] = (
             "GPUs per per-checkpoint task: 'auto' (1 when the cluster has GPUs, else 0) or a number"),
     Setting("I2X_RAY_CPUS_PER_TASK", "1", "CPUs per per-checkpoint task"),
     Setting("I2X_RAY_POOL_SIZE", "0",
-            "interpretation actors kept warm across jobs (0: the Ray slots free when the first job starts)"),
+            "most interpretation actors a service holds; the pool grows to it while units wait (0: the "
+            "cluster's slots, its CPUs or GPUs over one unit's; set the autoscaler's maximum to let it add workers)"),
     Setting("I2X_TORCH_THREADS", "0", "torch intra-op threads per worker (0: torch's default)"),
     Setting("I2X_HOST", "127.0.0.1", "address the gRPC server binds (0.0.0.0 in containers)"),
     Setting("I2X_PORT", "0", "gRPC port (0: the service's default port, see SERVICE_PORTS)"),
@@ -76,6 +77,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_MLFLOW_RETRIES", "3",
             "retries of an MLflow export before the job gives up on it with a warning (the job still succeeds)"),
     Setting("I2X_MLFLOW_BACKOFF_SECONDS", "1", "first wait between MLflow retries; doubles each time"),
+    Setting("I2X_RAY_IDLE_SECONDS", "60",
+            "an interpretation actor idle this long is released, its CPU/GPU back to the cluster (0: never)"),
+    Setting("I2X_RAY_WAIT_SECONDS", "900",
+            "a job waiting this long for a Ray worker, or for an unreachable Ray, fails naming what is "
+            "missing (0: no limit)"),
+    Setting("I2X_RAY_RECONNECT_SECONDS", "10",
+            "longest pause between tries to reach Ray, at start-up and after a lost connection (backoff from 0.5 s)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

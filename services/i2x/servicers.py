@@ -376,6 +376,9 @@ class StageServicer:
     def close(self) -> None:
         """Release what the servicer holds besides its jobs (the interpretation service's Ray actors)."""
 
+    def bind_health(self, health, loop) -> None:
+        """Called once the server is up: a servicer whose readiness depends on more (Ray) sets it."""
+
 
 def stage_progress(ctx: JobContext) -> dict:
     """The keyword arguments every stage takes for progress and cancellation."""

@@ -74,6 +74,7 @@ async def start_service(service: str, store: Store, *, host: str | None = None, 
     instrument(service, servicer, host=host)  # metrics (I2X_METRICS_PORT), job spans and log ids
     server, bound, health = await start_server(service, registrar(servicer), host=host, port=port, token=token,
                                                tls_cert=tls_cert, tls_key=tls_key, max_message_mb=max_message_mb)
+    servicer.bind_health(health, asyncio.get_running_loop())
     resumed = await asyncio.to_thread(servicer.recover)
     if resumed:
         log.info("%s: resumed jobs %s", service, resumed)

@@ -10,6 +10,7 @@ from i2x.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from i2x.engine import stages
 from i2x.engine.params import InterpretParams
 from i2x.interpretation.fanout import WarmPool, ray_map_units, store_spec
+from i2x.interpretation.raylink import RayLink
 from i2x.servicers import StageServicer, interpret_params, run_id_of
 from i2x.storage import run_key
 from i2x.v1 import interpretation_pb2_grpc
@@ -24,20 +25,42 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         self._pool_size = pool_size
         self._pool: WarmPool | None = None
         self._pool_lock = threading.Lock()
+        # Connects in its own thread, with backoff; watches the connection (see raylink).
+        self.link = RayLink()
 
     @property
     def pool(self) -> WarmPool:
-        """The warm actor pool, created on first use and kept until close()."""
+        """The elastic actor pool, created on first use and kept until close()."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = WarmPool(store_spec(self.store), size=self._pool_size, max_size=self.max_workers)
+                self._pool = WarmPool(store_spec(self.store), size=self._pool_size, max_size=self.max_workers,
+                                      link=self.link.start())
             return self._pool
+
+    def bind_health(self, health, loop) -> None:
+        """Health follows the Ray connection: NOT_SERVING while Ray is unreachable (at start-up too)."""
+        from grpc_health.v1 import health_pb2
+
+        from i2x.v1 import interpretation_pb2
+
+        names = ["", interpretation_pb2.DESCRIPTOR.services_by_name["InterpretationService"].full_name]
+
+        def follow(connected: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if connected else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in names:
+                asyncio.run_coroutine_threadsafe(health.set(name, status), loop)
+
+        self.link.listeners.append(follow)
+        if self.link.address != "local":  # an in-process Ray starts with the first job, as before
+            follow(self.link.connected)
+            self.link.start()
 
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
+        self.link.close()
 
     def job_function(self, kind, run_id, params):
         if kind != "interpret":
@@ -48,7 +71,8 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
 
         def run(ctx):
             interp = InterpretParams.from_dict(params)
-            fanout = ray_map_units(self.pool, run_id, interp, cancel=ctx.cancel_event, on_cancel=ctx.on_cancel)
+            fanout = ray_map_units(self.pool, run_id, interp, cancel=ctx.cancel_event, on_cancel=ctx.on_cancel,
+                                   progress=ctx.progress)
             index = stages.interpret_run(store, run_id, interp, progress=ctx.progress, cancel=ctx.cancel_event,
                                          map_units=fanout, steps=steps)
             return {"steps": index["steps"], "target_layer": index["target_layer"],

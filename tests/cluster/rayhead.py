@@ -1,0 +1,101 @@
+"""A real Ray head (and worker nodes) as `ray start --block` subprocesses on loopback ports.
+
+Each node runs in its own process group and its own --temp-dir, so kill() ends exactly the
+processes it started (never `ray stop`, which ends every Ray of the user on the machine) and
+restart() brings up a fresh head on the same ports, as a restarted head pod would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray_binary() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class RayNode:
+    """One `ray start` process group: the head (address None) or a worker joining `address`."""
+
+    def __init__(self, *, num_cpus: int = 1, address: str | None = None, resources: str | None = None,
+                 env: dict | None = None):
+        self.num_cpus, self.join, self.resources = num_cpus, address, resources
+        self.env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", **(env or {})}
+        self.temp = tempfile.mkdtemp(prefix="i2x-ray-")
+        self.gcs_port, self.client_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 60.0) -> "RayNode":
+        ports = [free_port() for _ in range(6)]
+        args = [_ray_binary(), "start", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+                f"--temp-dir={self.temp}" if self.join is None else "--disable-usage-stats",
+                "--node-ip-address=127.0.0.1", f"--node-manager-port={ports[0]}",
+                f"--object-manager-port={ports[1]}", f"--metrics-export-port={ports[2]}",
+                f"--dashboard-agent-listen-port={ports[3]}", f"--dashboard-agent-grpc-port={ports[4]}",
+                f"--runtime-env-agent-port={ports[5]}", "--min-worker-port=0", "--max-worker-port=0",
+                "--object-store-memory=80000000"]
+        if self.resources:
+            args.append(f"--resources={self.resources}")
+        if self.join is None:
+            args += ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={self.client_port}",
+                     "--include-dashboard=false"]
+        else:
+            args += [f"--address={self.join}"]
+        self.log = open(Path(self.temp) / "ray-start.log", "ab")
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._wait_up(timeout)
+        return self
+
+    def _wait_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        port = self.client_port if self.join is None else None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}: "
+                                   + (Path(self.temp) / "ray-start.log").read_text()[-2000:])
+            if port is None:
+                time.sleep(3)  # a worker node: joined once `ray start` has been up a moment
+                return
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"Ray node not up within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (gcs, raylet, workers), as a lost pod."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.proc = None
+        time.sleep(0.5)
+
+    def restart(self) -> "RayNode":
+        self.kill()
+        return self.start()
