@@ -297,6 +297,13 @@ def test_one_analysis_is_one_trace_down_to_the_ray_units(analysed):
     for kind in ("train", "prototypes", "confidence_clusters", "explain"):
         (other,) = [s for s in spans if s.name == f"i2x.job {kind}"]
         assert other.context.trace_id == trace_id, kind
+    # every call the SDK made, the job watches from its second thread included, is in the trace
+    calls = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert any(s.name == "/i2x.v1.JobsService/WatchJob" for s in calls)
+    assert {s.context.trace_id for s in calls} == {trace_id}
+    # the one other root: the server span of the bare GetJob the fixture sent without the SDK
+    assert [(s.name, s.kind) for s in spans if s.parent is None and s is not root] == [
+        ("/i2x.v1.JobsService/GetJob", SpanKind.SERVER)]
 
     # the units ran in Ray worker processes and came back over OTLP, children of the job span
     units = analysed["collector"].named("i2x.unit interpret")
