@@ -124,6 +124,22 @@ def test_metrics_port_setting():
     with pytest.raises(InvalidArgument) as error:
         metrics_port("clustering", "nine")
     assert error.value.field == "I2X_METRICS_PORT"
+    assert "give 0 (off), auto (9151-9154 by service) or a port number" in str(error.value)
+
+
+def test_a_taken_metrics_port_is_a_clear_error():
+    from i2x import metrics
+    from i2x.core.errors import Unavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(Unavailable) as error:
+            metrics.serve(port)
+    assert error.value.field == "I2X_METRICS_PORT"
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in str(error.value)
+    assert "`i2x up` runs four services on one host: use auto" in str(error.value)
 
 
 def test_log_lines_carry_ids_from_extra_or_the_job_context():
