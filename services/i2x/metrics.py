@@ -52,8 +52,8 @@ JOB_DURATION = Histogram(
     "(SUCCEEDED, FAILED, CANCELLED, or INTERRUPTED: left for another replica at shutdown)",
     ["service", "kind", "state"], buckets=_JOB_BUCKETS)
 JOB_UNITS = Counter(
-    "i2x_job_units_total", "units of work of jobs (checkpoints interpreted, HDBSCAN steps, ...): "
-    "done, or failed (left undone by a job that failed)", ["service", "kind", "result"])
+    "i2x_job_units_total", "units of work of jobs as their progress reports them (checkpoints interpreted, "
+    "HDBSCAN steps, ...): done (or found done), or failed (left undone by a job that failed)", ["service", "kind", "result"])
 STORE_OPERATIONS = Counter(
     "i2x_store_operations_total", "store operations, by kind (put, get, exists, list, delete) and "
     "result (ok, not_found, error)", ["service", "op", "result"])

@@ -491,6 +491,13 @@ def test_metrics_are_declared_scrapable_and_reachable_by_prometheus_only(overlay
         assert not allowed(policies, client, pod, port), f"{name}/{svc}: metrics open to clients"
         assert not allowed(policies, stranger_here, pod, port)
         assert not allowed(policies, prometheus, pod, SERVICE_PORTS[svc]), "Prometheus needs no gRPC"
+    # Traces go out to an OTLP collector in "monitoring", from the services and the Ray pods.
+    collector = Endpoint.pod("monitoring", {"app.kubernetes.io/name": "otel-collector"})
+    senders = [p for owner, p in pods.items() if owner.startswith(("Deployment/i2x-", "RayCluster/"))]
+    assert len(senders) >= len(SERVICES) + 2
+    for sender in senders:
+        assert allowed(policies, sender, collector, 4317), f"{name}: {sender.labels} cannot export traces"
+        assert not allowed(policies, sender, collector, 8080)
 
     # The ServiceMonitor component renders on its own and selects exactly the four Services' metrics port.
     (monitor,) = render(K8S / "components" / "servicemonitor")

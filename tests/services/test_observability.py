@@ -53,9 +53,11 @@ def value(samples: dict, name: str, **labels) -> float:
 def get_missing_job(address: str, token: str | None = None):
     from i2x.v1 import jobs_pb2, jobs_pb2_grpc
 
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(address) as channel:
         with pytest.raises(grpc.RpcError) as error:
-            jobs_pb2_grpc.JobsServiceStub(channel).GetJob(jobs_pb2.GetJobRequest(job_id="nosuchjob"), timeout=10)
+            jobs_pb2_grpc.JobsServiceStub(channel).GetJob(jobs_pb2.GetJobRequest(job_id="nosuchjob"), timeout=10,
+                                                          metadata=metadata)
     return error.value.code()
 
 
@@ -64,7 +66,7 @@ def get_missing_job(address: str, token: str | None = None):
 def test_serve_exposes_metrics_over_http_and_logs_json(tmp_path):
     metrics_port = free_port()
     env = dict(os.environ, I2X_STORE=str(tmp_path / "store"), I2X_LOG_FORMAT="json", I2X_LOG_LEVEL="INFO",
-               I2X_METRICS_PORT=str(metrics_port), I2X_GRACE_SECONDS="1")
+               I2X_METRICS_PORT=str(metrics_port), I2X_GRACE_SECONDS="1", I2X_API_TOKEN="s3cret")
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     serve = subprocess.Popen([sys.executable, "-m", "i2x.cli", "serve", "clustering", "--port", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -81,14 +83,16 @@ def test_serve_exposes_metrics_over_http_and_logs_json(tmp_path):
                 address = line.split()[4]
         assert address, "".join(lines)
         before = scrape(metrics_port)
-        assert get_missing_job(address) == grpc.StatusCode.NOT_FOUND
-        assert get_missing_job(address) == grpc.StatusCode.NOT_FOUND
+        assert get_missing_job(address, "s3cret") == grpc.StatusCode.NOT_FOUND
+        assert get_missing_job(address, "s3cret") == grpc.StatusCode.NOT_FOUND
+        assert get_missing_job(address) == grpc.StatusCode.UNAUTHENTICATED  # counted too: outside the auth
         after = scrape(metrics_port)
         labels = dict(service="clustering", grpc_service="i2x.v1.JobsService", grpc_method="GetJob")
-        assert value(after, "i2x_grpc_requests_total", **labels, grpc_code="NOT_FOUND") - \
-            value(before, "i2x_grpc_requests_total", **labels, grpc_code="NOT_FOUND") == 2
+        for code, calls in (("NOT_FOUND", 2), ("UNAUTHENTICATED", 1), ("OK", 0)):
+            assert value(after, "i2x_grpc_requests_total", **labels, grpc_code=code) - \
+                value(before, "i2x_grpc_requests_total", **labels, grpc_code=code) == calls, code
         assert value(after, "i2x_grpc_request_duration_seconds_count", **labels) - \
-            value(before, "i2x_grpc_request_duration_seconds_count", **labels) == 2
+            value(before, "i2x_grpc_request_duration_seconds_count", **labels) == 3
         # each GetJob of an unknown id reads the job record once and finds nothing
         store_labels = dict(service="clustering", op="get", result="not_found")
         assert value(after, "i2x_store_operations_total", **store_labels) - \
@@ -120,6 +124,22 @@ def test_metrics_port_setting():
     with pytest.raises(InvalidArgument) as error:
         metrics_port("clustering", "nine")
     assert error.value.field == "I2X_METRICS_PORT"
+    assert "give 0 (off), auto (9151-9154 by service) or a port number" in str(error.value)
+
+
+def test_a_taken_metrics_port_is_a_clear_error():
+    from i2x import metrics
+    from i2x.core.errors import Unavailable
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(Unavailable) as error:
+            metrics.serve(port)
+    assert error.value.field == "I2X_METRICS_PORT"
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in str(error.value)
+    assert "`i2x up` runs four services on one host: use auto" in str(error.value)
 
 
 def test_log_lines_carry_ids_from_extra_or_the_job_context():
@@ -293,6 +313,13 @@ def test_one_analysis_is_one_trace_down_to_the_ray_units(analysed):
     for kind in ("train", "prototypes", "confidence_clusters", "explain"):
         (other,) = [s for s in spans if s.name == f"i2x.job {kind}"]
         assert other.context.trace_id == trace_id, kind
+    # every call the SDK made, the job watches from its second thread included, is in the trace
+    calls = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert any(s.name == "/i2x.v1.JobsService/WatchJob" for s in calls)
+    assert {s.context.trace_id for s in calls} == {trace_id}
+    # the one other root: the server span of the bare GetJob the fixture sent without the SDK
+    assert [(s.name, s.kind) for s in spans if s.parent is None and s is not root] == [
+        ("/i2x.v1.JobsService/GetJob", SpanKind.SERVER)]
 
     # the units ran in Ray worker processes and came back over OTLP, children of the job span
     units = analysed["collector"].named("i2x.unit interpret")

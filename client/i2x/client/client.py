@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
@@ -450,8 +451,9 @@ class Client:
         # Prototypes need only the final checkpoint: extract them while the interpretation runs.
         proto_job = self.prototypes(run_id, **(prototypes or {}))
         proto_result: dict = {}
-        proto_thread = threading.Thread(target=lambda: proto_result.update(
-            outcome=_outcome(lambda: follow("prototypes", proto_job))), daemon=True)
+        # copy_context: the thread's calls stay in this analysis' trace (tracing keeps it in a contextvar).
+        proto_thread = threading.Thread(target=contextvars.copy_context().run, args=(lambda: proto_result.update(
+            outcome=_outcome(lambda: follow("prototypes", proto_job))),), daemon=True)
         proto_thread.start()
         follow("interpret", self.interpret(run_id, **(interpret or {})))
         proto_thread.join()

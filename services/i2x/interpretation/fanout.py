@@ -61,8 +61,6 @@ class InterpretWorker:
         return True
 
     def interpret(self, run_id: str, step: int, params: dict, trace: dict | None = None) -> str:
-        from i2x import tracing
-
         # trace: the job span's context (tracing.inject()), so this unit is its child span.
         with tracing.child_span("i2x.unit interpret", trace, run_id=run_id, step=int(step)):
             return self._interpret(run_id, step, params)
