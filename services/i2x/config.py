@@ -61,6 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("I2X_MLFLOW_RETRIES", "3",
             "retries of an MLflow export before the job gives up on it with a warning (the job still succeeds)"),
     Setting("I2X_MLFLOW_BACKOFF_SECONDS", "1", "first wait between MLflow retries; doubles each time"),
+    Setting("I2X_LIVE_IDLE_SECONDS", "3600",
+            "a follow interpretation of a live run fails when no checkpoint arrives for this long"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -9,11 +9,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartInterpretationRequest(_message.Message):
-    __slots__ = ("run_id", "steps", "params")
+    __slots__ = ("run_id", "steps", "params", "follow")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     steps: _containers.RepeatedScalarFieldContainer[int]
     params: _common_pb2.InterpretParams
-    def __init__(self, run_id: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.InterpretParams, _Mapping]] = ...) -> None: ...
+    follow: bool
+    def __init__(self, run_id: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.InterpretParams, _Mapping]] = ..., follow: bool = ...) -> None: ...

@@ -30,6 +30,10 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         if kind == "register":
             pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
             return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs))
+        if kind == "register_live":  # one live registration: appends (and with finish closes the run)
+            pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
+            return lambda ctx: {**_train_summary(stages.register_live_checkpoints(
+                store, run_id, pairs, finish=bool(params.get("finish")))), "live": not params.get("finish")}
         if kind == "finetune":
             return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
                                                    **stage_progress(ctx))
@@ -58,7 +62,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
 
     async def RegisterCheckpoints(self, request, context):
         run_id = run_id_of(request)
-        if not request.checkpoints:
+        live = request.live or request.finish
+        if not request.checkpoints and not request.finish:
             raise InvalidArgument("give at least one checkpoint", field="checkpoints")
         steps = set()
         for i, ref in enumerate(request.checkpoints):
@@ -74,6 +79,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
                 raise NotFound(f"no object {ref.key!r} in the store {self.store.url}; upload the checkpoint "
                                "first (the SDK's register_checkpoints does)", field=f"checkpoints[{i}].key")
         params = {"checkpoints": [{"step": int(ref.step), "key": ref.key} for ref in request.checkpoints]}
+        if live:
+            return await self.start("register_live", run_id, {**params, "finish": bool(request.finish)})
         return await self.start("register", run_id, params)
 
     async def GetRun(self, request, context):
