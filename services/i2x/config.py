@@ -84,6 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
             "missing (0: no limit)"),
     Setting("I2X_RAY_RECONNECT_SECONDS", "10",
             "longest pause between tries to reach Ray, at start-up and after a lost connection (backoff from 0.5 s)"),
+    Setting("I2X_LIVE_IDLE_SECONDS", "3600",
+            "a follow interpretation of a live run fails when no checkpoint arrives for this long"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -260,6 +260,7 @@ def run_to_proto(record: dict) -> common_pb2.Run:
     for ckpt in record.get("checkpoints", []):
         run.checkpoints.append(fill(common_pb2.Checkpoint(), ckpt))
     run.metadata_json = json.dumps({k: v for k, v in record.items() if k != "checkpoints"})
+    run.live = bool(record.get("live"))
     return run
 
 

@@ -262,11 +262,14 @@ class Client:
     def train(self, run_id: str) -> Job:
         return self._job("training", "StartTraining", training_pb2.StartTrainingRequest(run_id=run_id))
 
-    def register_checkpoints(self, run_id: str, checkpoints: dict[int, str | Path], *, overwrite: bool = False) -> Job:
+    def register_checkpoints(self, run_id: str, checkpoints: dict[int, str | Path], *, overwrite: bool = False,
+                             live: bool = False, finish: bool = False) -> Job:
         """{step: source}: a str is a key already in the store; a pathlib.Path (or a 'file://PATH'
         string) is a local safetensors file, uploaded to uploads/<run_id>/step-<step>.safetensors
         first (the services read only the store). overwrite: replace the checkpoints of a run that
-        has some, removing the results derived from them (else FAILED_PRECONDITION)."""
+        has some, removing the results derived from them (else FAILED_PRECONDITION). live: add them
+        to the run's checkpoints while its training goes on (i2x.integrations.live); finish: close
+        the live run (checkpoints may be {})."""
         refs = []
         for step, source in sorted(checkpoints.items()):
             if isinstance(source, str) and source.startswith("file://"):
@@ -277,7 +280,8 @@ class Client:
                 self.store.put_bytes(key, source.read_bytes())
             refs.append(training_pb2.CheckpointRef(step=int(step), key=key))
         return self._job("training", "RegisterCheckpoints",
-                         training_pb2.RegisterCheckpointsRequest(run_id=run_id, checkpoints=refs, overwrite=overwrite))
+                         training_pb2.RegisterCheckpointsRequest(run_id=run_id, checkpoints=refs, overwrite=overwrite,
+                                                                 live=live, finish=finish))
 
     def get_run(self, run_id: str) -> Run:
         return Run.from_proto(self._call("training", None, "GetRun", training_pb2.GetRunRequest(run_id=run_id)))
@@ -310,9 +314,10 @@ class Client:
 
     # ------------------------------------------------------------ interpretation, clustering
 
-    def interpret(self, run_id: str, *, steps: list[int] | None = None, **params) -> Job:
+    def interpret(self, run_id: str, *, steps: list[int] | None = None, follow: bool = False, **params) -> Job:
+        """follow: a live run's interpretation, each checkpoint as it is registered, done when the run is."""
         return self._job("interpretation", "StartInterpretation", interpretation_pb2.StartInterpretationRequest(
-            run_id=run_id, steps=steps or [], params=interpret_message(params)))
+            run_id=run_id, steps=steps or [], params=interpret_message(params), follow=follow))
 
     def prototypes(self, run_id: str, **params) -> Job:
         return self._job("clustering", "StartPrototypes", clustering_pb2.StartPrototypesRequest(

@@ -27,6 +27,7 @@ class Run:
     classes: list[str]
     checkpoints: list[dict]  # step, key, epoch, loss, accuracy
     metadata: dict           # run.json as stored
+    live: bool = False       # checkpoints still being registered (live analysis)
 
     @property
     def steps(self) -> list[int]:
@@ -39,7 +40,7 @@ class Run:
                    train=MessageToDict(m.train, preserving_proto_field_name=True) if m.HasField("train") else None,
                    classes=list(m.classes),
                    checkpoints=[{**_dict(c), "step": int(c.step)} for c in m.checkpoints],
-                   metadata=json.loads(m.metadata_json) if m.metadata_json else {})
+                   metadata=json.loads(m.metadata_json) if m.metadata_json else {}, live=m.live)
 
 
 @dataclass

@@ -183,7 +183,7 @@ class Checkpoint(_message.Message):
     def __init__(self, step: _Optional[int] = ..., key: _Optional[str] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "model", "dataset", "train", "classes", "checkpoints", "metadata_json")
+    __slots__ = ("run_id", "model", "dataset", "train", "classes", "checkpoints", "metadata_json", "live")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class Run(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model: ModelSpec
     dataset: DatasetSpec
@@ -198,4 +199,5 @@ class Run(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     metadata_json: str
-    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    live: bool
+    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., metadata_json: _Optional[str] = ..., live: bool = ...) -> None: ...

@@ -26,15 +26,15 @@ from i2x.v1 import common_pb2 as i2x_dot_v1_dot_common__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bi2x/v1/interpretation.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"x\n\x1aStartInterpretationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x03\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.i2x.v1.InterpretParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t2_\n\x15InterpretationService\x12\x46\n\x13StartInterpretation\x12\".i2x.v1.StartInterpretationRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bi2x/v1/interpretation.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"\x88\x01\n\x1aStartInterpretationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x03(\x03\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.i2x.v1.InterpretParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x32_\n\x15InterpretationService\x12\x46\n\x13StartInterpretation\x12\".i2x.v1.StartInterpretationRequest\x1a\x0b.i2x.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'i2x.v1.interpretation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTINTERPRETATIONREQUEST']._serialized_start=79
-  _globals['_STARTINTERPRETATIONREQUEST']._serialized_end=199
-  _globals['_INTERPRETATIONSERVICE']._serialized_start=201
-  _globals['_INTERPRETATIONSERVICE']._serialized_end=296
+  _globals['_STARTINTERPRETATIONREQUEST']._serialized_start=80
+  _globals['_STARTINTERPRETATIONREQUEST']._serialized_end=216
+  _globals['_INTERPRETATIONSERVICE']._serialized_start=218
+  _globals['_INTERPRETATIONSERVICE']._serialized_end=313
 # @@protoc_insertion_point(module_scope)

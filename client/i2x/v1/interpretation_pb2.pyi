@@ -9,13 +9,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartInterpretationRequest(_message.Message):
-    __slots__ = ("run_id", "steps", "params", "request_id")
+    __slots__ = ("run_id", "steps", "params", "request_id", "follow")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     steps: _containers.RepeatedScalarFieldContainer[int]
     params: _common_pb2.InterpretParams
     request_id: str
-    def __init__(self, run_id: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.InterpretParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    follow: bool
+    def __init__(self, run_id: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_common_pb2.InterpretParams, _Mapping]] = ..., request_id: _Optional[str] = ..., follow: bool = ...) -> None: ...

@@ -26,7 +26,7 @@ from i2x.v1 import common_pb2 as i2x_dot_v1_dot_common__pb2
 from i2x.v1 import jobs_pb2 as i2x_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15i2x/v1/training.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"\x91\x02\n\x10\x43reateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.i2x.v1.ModelSpec\x12$\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x13.i2x.v1.DatasetSpec\x12\"\n\x05train\x18\x04 \x01(\x0b\x32\x13.i2x.v1.TrainConfig\x12!\n\x14\x65xplanation_fraction\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10\x65xplanation_seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\toverwrite\x18\x07 \x01(\x08\x42\x17\n\x15_explanation_fractionB\x13\n\x11_explanation_seed\":\n\x14StartTrainingRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"*\n\rCheckpointRef\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x7f\n\x1aRegisterCheckpointsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x15.i2x.v1.CheckpointRef\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x11\n\toverwrite\x18\x0e \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x0e \x01(\x05\x12\x12\n\npage_token\x18\x0f \x01(\t\"<\n\x10ListRunsResponse\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x0f \x01(\t\"b\n\x14StartFinetuneRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06params\x18\x02 \x01(\x0b\x32\x16.i2x.v1.FinetuneParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t\")\n\x17GetFinetuneTableRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\x07MeanStd\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03std\x18\x02 \x01(\x01\"\xb3\x01\n\x0b\x46inetuneRow\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12!\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1f\n\x06\x61_to_b\x18\x03 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1f\n\x06\x62_to_a\x18\x04 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1c\n\x03sum\x18\x05 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x0f\n\x07repeats\x18\x06 \x01(\x05\"\x87\x01\n\rFinetuneTable\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lass_a\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lass_b\x18\x03 \x01(\x05\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.i2x.v1.FinetuneRow\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x14\n\x0cmarkdown_key\x18\x06 \x01(\t\"B\n\x14GetEvaluationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\x04step\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_step\"q\n\nEvaluation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x11\n\tconfusion\x18\x04 \x03(\x03\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x32\x81\x04\n\x0fTrainingService\x12\x32\n\tCreateRun\x12\x18.i2x.v1.CreateRunRequest\x1a\x0b.i2x.v1.Run\x12:\n\rStartTraining\x12\x1c.i2x.v1.StartTrainingRequest\x1a\x0b.i2x.v1.Job\x12\x46\n\x13RegisterCheckpoints\x12\".i2x.v1.RegisterCheckpointsRequest\x1a\x0b.i2x.v1.Job\x12,\n\x06GetRun\x12\x15.i2x.v1.GetRunRequest\x1a\x0b.i2x.v1.Run\x12=\n\x08ListRuns\x12\x17.i2x.v1.ListRunsRequest\x1a\x18.i2x.v1.ListRunsResponse\x12:\n\rStartFinetune\x12\x1c.i2x.v1.StartFinetuneRequest\x1a\x0b.i2x.v1.Job\x12J\n\x10GetFinetuneTable\x12\x1f.i2x.v1.GetFinetuneTableRequest\x1a\x15.i2x.v1.FinetuneTable\x12\x41\n\rGetEvaluation\x12\x1c.i2x.v1.GetEvaluationRequest\x1a\x12.i2x.v1.Evaluationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15i2x/v1/training.proto\x12\x06i2x.v1\x1a\x13i2x/v1/common.proto\x1a\x11i2x/v1/jobs.proto\"\x91\x02\n\x10\x43reateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.i2x.v1.ModelSpec\x12$\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x13.i2x.v1.DatasetSpec\x12\"\n\x05train\x18\x04 \x01(\x0b\x32\x13.i2x.v1.TrainConfig\x12!\n\x14\x65xplanation_fraction\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10\x65xplanation_seed\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\toverwrite\x18\x07 \x01(\x08\x42\x17\n\x15_explanation_fractionB\x13\n\x11_explanation_seed\":\n\x14StartTrainingRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"*\n\rCheckpointRef\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x9d\x01\n\x1aRegisterCheckpointsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x15.i2x.v1.CheckpointRef\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x11\n\toverwrite\x18\x0e \x01(\x08\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x0e\n\x06\x66inish\x18\x04 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x0e \x01(\x05\x12\x12\n\npage_token\x18\x0f \x01(\t\"<\n\x10ListRunsResponse\x12\x0f\n\x07run_ids\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x0f \x01(\t\"b\n\x14StartFinetuneRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06params\x18\x02 \x01(\x0b\x32\x16.i2x.v1.FinetuneParams\x12\x12\n\nrequest_id\x18\x0f \x01(\t\")\n\x17GetFinetuneTableRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\x07MeanStd\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03std\x18\x02 \x01(\x01\"\xb3\x01\n\x0b\x46inetuneRow\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12!\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1f\n\x06\x61_to_b\x18\x03 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1f\n\x06\x62_to_a\x18\x04 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x1c\n\x03sum\x18\x05 \x01(\x0b\x32\x0f.i2x.v1.MeanStd\x12\x0f\n\x07repeats\x18\x06 \x01(\x05\"\x87\x01\n\rFinetuneTable\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lass_a\x18\x02 \x01(\x05\x12\x0f\n\x07\x63lass_b\x18\x03 \x01(\x05\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.i2x.v1.FinetuneRow\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x14\n\x0cmarkdown_key\x18\x06 \x01(\t\"B\n\x14GetEvaluationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\x04step\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_step\"q\n\nEvaluation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x11\n\tconfusion\x18\x04 \x03(\x03\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x32\x81\x04\n\x0fTrainingService\x12\x32\n\tCreateRun\x12\x18.i2x.v1.CreateRunRequest\x1a\x0b.i2x.v1.Run\x12:\n\rStartTraining\x12\x1c.i2x.v1.StartTrainingRequest\x1a\x0b.i2x.v1.Job\x12\x46\n\x13RegisterCheckpoints\x12\".i2x.v1.RegisterCheckpointsRequest\x1a\x0b.i2x.v1.Job\x12,\n\x06GetRun\x12\x15.i2x.v1.GetRunRequest\x1a\x0b.i2x.v1.Run\x12=\n\x08ListRuns\x12\x17.i2x.v1.ListRunsRequest\x1a\x18.i2x.v1.ListRunsResponse\x12:\n\rStartFinetune\x12\x1c.i2x.v1.StartFinetuneRequest\x1a\x0b.i2x.v1.Job\x12J\n\x10GetFinetuneTable\x12\x1f.i2x.v1.GetFinetuneTableRequest\x1a\x15.i2x.v1.FinetuneTable\x12\x41\n\rGetEvaluation\x12\x1c.i2x.v1.GetEvaluationRequest\x1a\x12.i2x.v1.Evaluationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,28 +39,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTTRAININGREQUEST']._serialized_end=407
   _globals['_CHECKPOINTREF']._serialized_start=409
   _globals['_CHECKPOINTREF']._serialized_end=451
-  _globals['_REGISTERCHECKPOINTSREQUEST']._serialized_start=453
-  _globals['_REGISTERCHECKPOINTSREQUEST']._serialized_end=580
-  _globals['_GETRUNREQUEST']._serialized_start=582
-  _globals['_GETRUNREQUEST']._serialized_end=613
-  _globals['_LISTRUNSREQUEST']._serialized_start=615
-  _globals['_LISTRUNSREQUEST']._serialized_end=671
-  _globals['_LISTRUNSRESPONSE']._serialized_start=673
-  _globals['_LISTRUNSRESPONSE']._serialized_end=733
-  _globals['_STARTFINETUNEREQUEST']._serialized_start=735
-  _globals['_STARTFINETUNEREQUEST']._serialized_end=833
-  _globals['_GETFINETUNETABLEREQUEST']._serialized_start=835
-  _globals['_GETFINETUNETABLEREQUEST']._serialized_end=876
-  _globals['_MEANSTD']._serialized_start=878
-  _globals['_MEANSTD']._serialized_end=914
-  _globals['_FINETUNEROW']._serialized_start=917
-  _globals['_FINETUNEROW']._serialized_end=1096
-  _globals['_FINETUNETABLE']._serialized_start=1099
-  _globals['_FINETUNETABLE']._serialized_end=1234
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=1236
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=1302
-  _globals['_EVALUATION']._serialized_start=1304
-  _globals['_EVALUATION']._serialized_end=1417
-  _globals['_TRAININGSERVICE']._serialized_start=1420
-  _globals['_TRAININGSERVICE']._serialized_end=1933
+  _globals['_REGISTERCHECKPOINTSREQUEST']._serialized_start=454
+  _globals['_REGISTERCHECKPOINTSREQUEST']._serialized_end=611
+  _globals['_GETRUNREQUEST']._serialized_start=613
+  _globals['_GETRUNREQUEST']._serialized_end=644
+  _globals['_LISTRUNSREQUEST']._serialized_start=646
+  _globals['_LISTRUNSREQUEST']._serialized_end=702
+  _globals['_LISTRUNSRESPONSE']._serialized_start=704
+  _globals['_LISTRUNSRESPONSE']._serialized_end=764
+  _globals['_STARTFINETUNEREQUEST']._serialized_start=766
+  _globals['_STARTFINETUNEREQUEST']._serialized_end=864
+  _globals['_GETFINETUNETABLEREQUEST']._serialized_start=866
+  _globals['_GETFINETUNETABLEREQUEST']._serialized_end=907
+  _globals['_MEANSTD']._serialized_start=909
+  _globals['_MEANSTD']._serialized_end=945
+  _globals['_FINETUNEROW']._serialized_start=948
+  _globals['_FINETUNEROW']._serialized_end=1127
+  _globals['_FINETUNETABLE']._serialized_start=1130
+  _globals['_FINETUNETABLE']._serialized_end=1265
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=1267
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=1333
+  _globals['_EVALUATION']._serialized_start=1335
+  _globals['_EVALUATION']._serialized_end=1448
+  _globals['_TRAININGSERVICE']._serialized_start=1451
+  _globals['_TRAININGSERVICE']._serialized_end=1964
 # @@protoc_insertion_point(module_scope)

@@ -43,16 +43,20 @@ class CheckpointRef(_message.Message):
     def __init__(self, step: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
 
 class RegisterCheckpointsRequest(_message.Message):
-    __slots__ = ("run_id", "checkpoints", "request_id", "overwrite")
+    __slots__ = ("run_id", "checkpoints", "request_id", "overwrite", "live", "finish")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointRef]
     request_id: str
     overwrite: bool
-    def __init__(self, run_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ..., request_id: _Optional[str] = ..., overwrite: bool = ...) -> None: ...
+    live: bool
+    finish: bool
+    def __init__(self, run_id: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointRef, _Mapping]]] = ..., request_id: _Optional[str] = ..., overwrite: bool = ..., live: bool = ..., finish: bool = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

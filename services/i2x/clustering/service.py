@@ -32,6 +32,7 @@ class ClusteringServicer(StageServicer, clustering_pb2_grpc.ClusteringServiceSer
         run_id = run_id_of(request)
         params = prototype_params(request.params)
         await asyncio.to_thread(stages.list_checkpoints, self.store, run_id)  # no checkpoints: FAILED_PRECONDITION
+        await asyncio.to_thread(stages.require_finished, self.store, run_id, "the prototypes")  # a live run
         return await self.start("prototypes", run_id, params.to_dict(), request.request_id)
 
     async def StartConfidenceClustering(self, request, context):

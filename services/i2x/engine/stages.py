@@ -157,7 +157,9 @@ def get_run(store: Store, run_id: str) -> dict:
         raise NotFound(f"no run {run_id!r} in {store.url}", field="run_id")
     record = store.get_json(key)
     index = _key(run_id, "checkpoints", "index.json")
-    record["checkpoints"] = store.get_json(index)["checkpoints"] if store.exists(index) else []
+    listing = store.get_json(index) if store.exists(index) else {"checkpoints": []}
+    record["checkpoints"] = listing["checkpoints"]
+    record["live"] = bool(listing.get("live"))  # checkpoints still being registered (register_live_checkpoints)
     return record
 
 
@@ -863,3 +865,82 @@ def finetune_run(store: Store, run_id: str, params: FinetuneParams, *, progress:
     staged.put_text(_key(run_id, "finetune", "table.md"), table_markdown(table, classes), "text/markdown")
     staged.commit()
     return table
+
+
+# ---------------------------------------------------------------- live runs (checkpoints while training goes on)
+
+_LIVE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def register_live_checkpoints(store: Store, run_id: str, checkpoints: Iterable[tuple[int, bytes | str]], *,
+                              finish: bool = False) -> dict:
+    """Add (step, safetensors bytes or store key) pairs to a live run, after the steps it already has.
+
+    Unlike register_checkpoints (the whole set at once), this appends: checkpoints/index.json is
+    rewritten after each checkpoint is stored, listing every checkpoint so far with "live": true,
+    so the interpretation can follow the run (follow_run). With finish: the last checkpoint is
+    evaluated on the test split (evaluation/final.npz) and the index is written with "live": false
+    and the accuracy, as register_checkpoints leaves it; nothing can be added after that.
+    One registration at a time per run: a lock serialises them within a process, and the SDK's
+    live callback waits for each before it sends the next.
+    """
+    from i2x.models import ModelSpec, build_model, checkpoint_from_bytes, checkpoint_to_bytes, load_weights
+
+    with _CACHE_LOCK:
+        lock = _LIVE_LOCKS.setdefault(f"{store.url}|{run_id}", threading.Lock())
+    with lock:
+        record = get_run(store, run_id)
+        index_key = _key(run_id, "checkpoints", "index.json")
+        if record["checkpoints"] and not record["live"]:
+            raise FailedPrecondition(
+                f"run {run_id!r} is finished ({len(record['checkpoints'])} checkpoints, not live): register live "
+                "checkpoints into a new run", field="run_id")
+        saved = list(record["checkpoints"])
+        items = sorted(((int(step), source) for step, source in checkpoints), key=lambda item: item[0])
+        steps = [step for step, _ in items]
+        if not items and not finish:
+            raise InvalidArgument("give at least one checkpoint (or finish the run)", field="checkpoints")
+        if not items and not saved:
+            raise FailedPrecondition(f"run {run_id!r} has no checkpoint to finish with; register one first",
+                                     field="checkpoints")
+        last = int(saved[-1]["step"]) if saved else -1
+        if len(set(steps)) != len(steps) or (steps and steps[0] <= last) or (steps and steps[0] < 0):
+            raise InvalidArgument(f"steps must be distinct, >= 0 and after the run's last step {last}, got {steps}",
+                                  field="checkpoints.step")
+        model = build_model(ModelSpec.from_dict(record["model"]))
+        for step, source in items:
+            data = store.get_bytes(source) if isinstance(source, str) else bytes(source)
+            try:
+                state, meta = checkpoint_from_bytes(data)
+            except InvalidArgument:
+                raise
+            except Exception as exc:  # noqa: BLE001  # neither safetensors nor a torch.save zip
+                raise InvalidArgument(f"checkpoint of step {step} could not be read ({exc}); give "
+                                      "model.state_dict() saved with safetensors or torch.save",
+                                      field="checkpoints") from None
+            load_weights(model, state)
+            meta = {**meta, "step": step, "arch": record["model"]["arch"]}
+            key = checkpoint_key(run_id, step)
+            store.put_bytes(key, checkpoint_to_bytes(state, meta))
+            saved.append({"step": step, "epoch": meta.get("epoch"), "loss": meta.get("loss"),
+                          "accuracy": meta.get("accuracy"), "key": key})
+            if not finish:
+                store.put_json(index_key, {"checkpoints": saved, "live": True})
+        if not finish:
+            return {"checkpoints": saved, "live": True}
+        if not items:  # the model holds no weights yet: load the last registered ones
+            state, _ = checkpoint_from_bytes(store.get_bytes(checkpoint_key(run_id, int(saved[-1]["step"]))))
+            load_weights(model, state)
+        summary = _evaluate_final(store, run_id, model, record)
+        index = {"checkpoints": saved, **summary, "live": False}
+        store.put_json(index_key, index)
+        return index
+
+
+def require_finished(store: Store, run_id: str, stage: str) -> None:
+    """FailedPrecondition while a run is live: `stage` needs its final checkpoint."""
+    record = get_run(store, run_id)
+    if record.get("live"):
+        raise FailedPrecondition(
+            f"run {run_id!r} is live (checkpoints still being registered, {len(record['checkpoints'])} so far): "
+            f"{stage} needs the final checkpoint; finish the run first (RegisterCheckpoints finish)", field="run_id")

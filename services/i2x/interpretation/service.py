@@ -63,6 +63,8 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
         self.link.close()
 
     def job_function(self, kind, run_id, params):
+        if kind == "follow":  # a live run: i2x.interpretation.follow
+            return self._follow_job(run_id, params)
         if kind != "interpret":
             return None
         store = self.store
@@ -80,12 +82,35 @@ class InterpretationServicer(StageServicer, interpretation_pb2_grpc.Interpretati
 
         return run
 
+    def _follow_job(self, run_id, params):
+        from i2x import config
+        from i2x.interpretation.follow import follow_run
+
+        def run(ctx):
+            interp = InterpretParams.from_dict(params)
+            def fanout():  # one per batch of new checkpoints: a fan-out stops when its batch is done
+                return ray_map_units(self.pool, run_id, interp, cancel=ctx.cancel_event, on_cancel=ctx.on_cancel)
+
+            index = follow_run(self.store, run_id, interp, new_map_units=fanout, progress=ctx.progress,
+                               cancel=ctx.cancel_event, idle_timeout=float(config.get("I2X_LIVE_IDLE_SECONDS")))
+            return {"steps": index["steps"], "target_layer": index["target_layer"],
+                    "saliency_shape": index["saliency_shape"], "followed": True}
+
+        return run
+
     async def StartInterpretation(self, request, context):
         run_id = run_id_of(request)
         record = await asyncio.to_thread(stages.get_run, self.store, run_id)
         params = interpret_params(request.params, len(record.get("classes", [])) or None)
         if params.target_layer:  # a wrong layer is refused now, not in every unit of the job
             await asyncio.to_thread(stages.check_layer, record["model"], params.target_layer, "params.target_layer")
+        if request.follow:
+            if request.steps:
+                raise InvalidArgument("follow interprets every checkpoint the run gets: leave steps empty",
+                                      field="steps")
+            return await self.start("follow", run_id, params.to_dict(), request.request_id)
+        if record.get("live"):
+            await asyncio.to_thread(stages.require_finished, self.store, run_id, "an interpretation without follow")
         if not record.get("checkpoints"):
             raise FailedPrecondition(f"run {run_id!r} has no checkpoints yet: train it or register checkpoints",
                                      field="run_id")

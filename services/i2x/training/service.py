@@ -36,6 +36,10 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
             pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
             overwrite = bool(params.get("overwrite"))
             return lambda ctx: _train_summary(stages.register_checkpoints(store, run_id, pairs, overwrite=overwrite))
+        if kind == "register_live":  # one live registration: appends (and with finish closes the run)
+            pairs = [(int(c["step"]), c["key"]) for c in params["checkpoints"]]
+            return lambda ctx: {**_train_summary(stages.register_live_checkpoints(
+                store, run_id, pairs, finish=bool(params.get("finish")))), "live": not params.get("finish")}
         if kind == "finetune":
             return lambda ctx: stages.finetune_run(store, run_id, FinetuneParams.from_dict(params),
                                                    map_runs=ray_tasks.finetune_map_runs(**stage_progress(ctx)),
@@ -80,7 +84,8 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
 
     async def RegisterCheckpoints(self, request, context):
         run_id = run_id_of(request)
-        if not request.checkpoints:
+        live = request.live or request.finish
+        if not request.checkpoints and not request.finish:
             raise InvalidArgument("give at least one checkpoint", field="checkpoints")
         steps = set()
         for i, ref in enumerate(request.checkpoints):
@@ -96,6 +101,9 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
                 raise NotFound(f"no object {ref.key!r} in the store {self.store.url}; upload the checkpoint "
                                "first (the SDK's register_checkpoints does)", field=f"checkpoints[{i}].key")
         params = {"checkpoints": [{"step": int(ref.step), "key": ref.key} for ref in request.checkpoints]}
+        if live:
+            return await self.start("register_live", run_id, {**params, "finish": bool(request.finish)},
+                                    request.request_id)
         if request.overwrite:
             params["overwrite"] = True
         elif not await asyncio.to_thread(self.jobs.by_request, "register", run_id, request.request_id):
