@@ -22,7 +22,7 @@ from typing import Callable
 from i2x import config
 from i2x.cli_errors import UserError, describe
 from i2x.localsystem import LocalSystem
-from i2x.progress import Bars
+from i2x.progress import Bars, add_output_flags, progress_mode
 
 # ---------------------------------------------------------------- serve
 
@@ -147,22 +147,6 @@ def _spec_flags(group, message, prefix: str = "", skip: tuple[str, ...] = ()) ->
         else:
             group.add_argument(flag, dest=f"{prefix.replace('-', '_')}{f.name}", default=None,
                                type=types.get(f.cpp_type, str), metavar=f.name.upper())
-
-
-def add_output_flags(p) -> None:
-    """--quiet / --json / --progress, shared by analyze and demo."""
-    g = p.add_argument_group("output")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress, only the final result")
-    g.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout "
-                                                       "(progress, if any, goes to stderr)")
-    g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
-                   help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
-
-
-def progress_mode(args) -> str:
-    if args.quiet or args.progress == "none":
-        return "quiet"
-    return None if args.progress == "auto" else args.progress
 
 
 def add_analyze_command(sub) -> None:

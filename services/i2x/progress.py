@@ -95,3 +95,19 @@ class Bars:
                 if stage not in self._ended:
                     bar.close()
             self._ended.update(self._bars)
+
+
+def add_output_flags(p) -> None:
+    """--quiet / --json / --progress, shared by analyze and demo."""
+    g = p.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress, only the final result")
+    g.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout "
+                                                       "(progress, if any, goes to stderr)")
+    g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
+                   help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
+
+
+def progress_mode(args) -> str | None:
+    if args.quiet or args.progress == "none":
+        return "quiet"
+    return None if args.progress == "auto" else args.progress
