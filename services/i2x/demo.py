@@ -37,6 +37,9 @@ DATASET = {"kind": "mnist5k"}
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (the server extra: a missing one is named before anything starts)
+    if not args.in_process:
+        import ray  # noqa: F401
     return run_in_process(args) if args.in_process else run_through_services(args)
 
 

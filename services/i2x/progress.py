@@ -69,7 +69,7 @@ class Bars:
         if ended:
             text = f"{stage} {event.state.lower()} in {now - self._started[stage]:.1f} s ({count})"
         else:
-            text = f"{stage} {count}" + (f" {event.message}" if event.message else "")
+            text = " ".join(x for x in (stage, count if event.total or event.done else "", event.message) if x)
         stamp = time.strftime("%H:%M:%S")
         self.stream.write(f"{stamp} {text}\n")
         self.stream.flush()
