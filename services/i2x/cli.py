@@ -179,6 +179,7 @@ def add_analyze_command(sub) -> None:
                    help="recreate an existing run whose settings differ from these (its results are redone)")
     g = p.add_argument_group("stages")
     g.add_argument("--prototypes", type=int, dest="n_prototypes", help="M, the number of prototypes")
+    g.add_argument("--pca-components", type=int, dest="n_components", help="PCA components before KMeans")
     g.add_argument("--min-cluster-size", type=int, help="HDBSCAN min_cluster_size")
     g.add_argument("--tau", type=float)
     g.add_argument("--lam", type=float)
@@ -248,7 +249,7 @@ def cmd_analyze(args) -> int:
             raise UserError(f"--store {args.store} is not the services' store ({info.store_url}); uploads and "
                             "results must be where the services read: drop --store")
         for step, source in checkpoints.items():
-            if isinstance(source, str) and not client.store.exists(source):
+            if isinstance(source, str) and (_looks_local(source) or not _key_exists(client.store, source)):
                 where = "no such local file" if _looks_local(source) else \
                     f"no such local file, nor key in the services' store {info.store_url}"
                 raise UserError(f"--checkpoint {step}={source}: {where}")
@@ -267,7 +268,7 @@ def cmd_analyze(args) -> int:
                 dataset=dataset or None,
                 train=_fields(args, common_pb2.TrainConfig) or None,
                 checkpoints=checkpoints or None,
-                prototypes=_compact(n_prototypes=args.n_prototypes),
+                prototypes=_compact(n_prototypes=args.n_prototypes, n_components=args.n_components),
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
@@ -292,6 +293,13 @@ def cmd_analyze(args) -> int:
     if location:
         print(f"report: {location}")
     return 0
+
+
+def _key_exists(store, key: str) -> bool:
+    try:
+        return store.exists(key)
+    except ValueError:  # not a valid key at all
+        return False
 
 
 def _safe(fn, default):

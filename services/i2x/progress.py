@@ -12,6 +12,7 @@ Everything goes to `stream` (default stderr), so stdout holds only the results (
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -45,6 +46,8 @@ class Bars:
         self._started: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._ended: set[str] = set()
+        self._closed = False
+        self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def __call__(self, stage: str, event) -> None:
@@ -80,7 +83,8 @@ class Bars:
         bar = self._bars.get(stage)
         if bar is None:
             bar = self._bars[stage] = tqdm(desc=f"{stage:<11}", total=event.total or None, unit="unit",
-                                           file=self.stream, leave=True, dynamic_ncols=True)
+                                           file=self.stream, leave=True, **self._size())
+            self._start_ticker()
         if event.total and bar.total != event.total:
             bar.total = event.total
         bar.n = event.done
@@ -89,12 +93,43 @@ class Bars:
         if ended:
             bar.close()  # its elapsed time stops now: the stage's own time
 
+    def _start_ticker(self) -> None:
+        """Redraw the open bars every second, so a stage without progress events (the report)
+        shows its time running instead of a frozen screen."""
+        if self._ticker is not None:
+            return
+
+        def tick() -> None:
+            while True:
+                time.sleep(1.0)
+                with self._lock:
+                    open_bars = [bar for stage, bar in self._bars.items() if stage not in self._ended]
+                    if self._closed:
+                        return
+                    for bar in open_bars:
+                        bar.refresh()
+
+        self._ticker = threading.Thread(target=tick, daemon=True, name="i2x-progress")
+        self._ticker.start()
+
+    def _size(self) -> dict:
+        """tqdm's width and height: the terminal's, or 100x24 where it reports none (a fresh pty
+        says 0x0, and tqdm then hides every bar)."""
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+            if size.columns > 0 and size.lines > 0:
+                return {}
+        except (AttributeError, OSError, ValueError):
+            pass
+        return {"ncols": 100, "nrows": 24}
+
     def close(self) -> None:
         with self._lock:
             for stage, bar in self._bars.items():
                 if stage not in self._ended:
                     bar.close()
             self._ended.update(self._bars)
+            self._closed = True
 
 
 def add_output_flags(p) -> None:
