@@ -21,7 +21,7 @@ from typing import Callable
 from i2x import config
 from i2x.cli_errors import UserError, describe
 from i2x.localsystem import LocalSystem
-from i2x.progress import Bars
+from i2x.progress import Bars, add_output_flags, progress_mode
 
 # ---------------------------------------------------------------- serve
 
@@ -148,22 +148,6 @@ def _spec_flags(group, message, prefix: str = "", skip: tuple[str, ...] = ()) ->
                                type=types.get(f.cpp_type, str), metavar=f.name.upper())
 
 
-def add_output_flags(p) -> None:
-    """--quiet / --json / --progress, shared by analyze and demo."""
-    g = p.add_argument_group("output")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress, only the final result")
-    g.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout "
-                                                       "(progress, if any, goes to stderr)")
-    g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
-                   help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
-
-
-def progress_mode(args) -> str:
-    if args.quiet or args.progress == "none":
-        return "quiet"
-    return None if args.progress == "auto" else args.progress
-
-
 def add_analyze_command(sub) -> None:
     from i2x.v1 import common_pb2
 
@@ -194,6 +178,7 @@ def add_analyze_command(sub) -> None:
                    help="recreate an existing run whose settings differ from these (its results are redone)")
     g = p.add_argument_group("stages")
     g.add_argument("--prototypes", type=int, dest="n_prototypes", help="M, the number of prototypes")
+    g.add_argument("--pca-components", type=int, dest="n_components", help="PCA components before KMeans")
     g.add_argument("--min-cluster-size", type=int, help="HDBSCAN min_cluster_size")
     g.add_argument("--tau", type=float)
     g.add_argument("--lam", type=float)
@@ -269,7 +254,7 @@ def cmd_analyze(args) -> int:
 
         checkpoints = mlflow_checkpoints(args, client, checkpoints)  # --from-mlflow
         for step, source in checkpoints.items():
-            if isinstance(source, str) and not client.store.exists(source):
+            if isinstance(source, str) and (_looks_local(source) or not _key_exists(client.store, source)):
                 where = "no such local file" if _looks_local(source) else \
                     f"no such local file, nor key in the services' store {info.store_url}"
                 raise UserError(f"--checkpoint {step}={source}: {where}")
@@ -288,7 +273,7 @@ def cmd_analyze(args) -> int:
                 dataset=dataset or None,
                 train=_fields(args, common_pb2.TrainConfig) or None,
                 checkpoints=checkpoints or None,
-                prototypes=_compact(n_prototypes=args.n_prototypes),
+                prototypes=_compact(n_prototypes=args.n_prototypes, n_components=args.n_components),
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
@@ -318,6 +303,13 @@ def cmd_analyze(args) -> int:
     if location:
         print(f"report: {location}")
     return 0
+
+
+def _key_exists(store, key: str) -> bool:
+    try:
+        return store.exists(key)
+    except ValueError:  # not a valid key at all
+        return False
 
 
 def _safe(fn, default):

@@ -26,6 +26,9 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning protocols")
     parser.add_argument("--in-process", action="store_true",
                         help="run the stages in this process instead of through the services")
+    from i2x.progress import add_output_flags  # --quiet, --json, --progress (the same as analyze)
+
+    add_output_flags(parser)
     parser.set_defaults(func=run_demo)
 
 
@@ -34,6 +37,9 @@ DATASET = {"kind": "mnist5k"}
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch  # noqa: F401  (the server extra: a missing one is named before anything starts)
+    if not args.in_process:
+        import ray  # noqa: F401
     return run_in_process(args) if args.in_process else run_through_services(args)
 
 
@@ -42,18 +48,18 @@ def run_through_services(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from i2x.localsystem import LocalSystem
-    from i2x.progress import Bars
     from i2x.client import Client, JobFailed
+    from i2x.localsystem import LocalSystem
+    from i2x.progress import Bars, progress_mode
 
     logs = tempfile.mkdtemp(prefix="i2x-demo-logs-")
     start = time.perf_counter()
-    print(f"I2X demo: starting a local Ray head and the four services (logs in {logs})", flush=True)
+    say = _say(args)
+    say(f"I2X demo: starting a local Ray head and the four services (logs in {logs})")
     with LocalSystem(args.store, base_port=0, log_dir=logs) as system:
         store = system.store
-        print(f"run {args.run!r} in {store.url}; services: "
-              + ", ".join(f"{s} {a}" for s, a in system.addresses.items()), flush=True)
-        bars = Bars()
+        say(f"run {args.run!r} in {store.url}; services: " + ", ".join(f"{s} {a}" for s, a in system.addresses.items()))
+        bars = Bars(progress_mode(args))
         timings: dict[str, float] = {}
         try:
             with Client(**system.addresses, store=store.url) as client:
@@ -70,27 +76,22 @@ def run_through_services(args: argparse.Namespace) -> int:
         bars.close()
         timings["services"] = time.perf_counter() - start
         for note in result.notes:
-            print(f"note: {note}")
-    print_summary(store, args.run, time.perf_counter() - start, timings)
+            say(f"note: {note}")
+    finish(args, store, time.perf_counter() - start, timings)
     return 0
 
 
 def run_in_process(args: argparse.Namespace) -> int:
-    from types import SimpleNamespace
-
-    from i2x.progress import Bars
     from i2x.engine.params import ExplainParams, FinetuneParams, PrototypeParams
     from i2x.engine.pipeline import run_pipeline
+    from i2x.progress import Bars, progress_mode
     from i2x.storage import open_store
 
     store = open_store(args.store)
-    bars = Bars()  # the same bars as through the services, fed with the stages' progress calls
-
-    def progress(stage: str, done: int, total: int, message: str) -> None:
-        bars(stage, SimpleNamespace(done=done, total=total, message=message, state="RUNNING"))
+    bars = Bars(progress_mode(args))  # the same bars as through the services: the same progress(stage, event)
 
     start = time.perf_counter()
-    print(f"I2X demo: run {args.run!r} in {store.url}", flush=True)
+    _say(args)(f"I2X demo: run {args.run!r} in {store.url}")
     result = run_pipeline(
         store, args.run,
         model=MODEL, dataset=DATASET,
@@ -98,10 +99,48 @@ def run_in_process(args: argparse.Namespace) -> int:
         prototypes=PrototypeParams(n_prototypes=args.prototypes),
         explain=ExplainParams(),
         finetune=None if args.no_finetune else FinetuneParams(repeats=args.repeats),
-        progress=progress)
+        progress=bars, report=True)
     bars.close()
-    print_summary(store, args.run, time.perf_counter() - start, result.timings)
+    finish(args, store, time.perf_counter() - start, result.timings)
     return 0
+
+
+def _say(args):
+    """Progress sentences: on stderr (stdout keeps the result), none with --quiet or --json."""
+    quiet = args.quiet or args.json
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+    return say
+
+
+def finish(args, store, seconds: float, timings: dict[str, float]) -> None:
+    if args.json:
+        import json
+
+        print(json.dumps(summary_dict(store, args.run, seconds, timings), indent=2))
+    else:
+        print_summary(store, args.run, seconds, timings)
+
+
+def summary_dict(store, run_id: str, seconds: float, timings: dict[str, float]) -> dict:
+    """The demo's result for scripts (--json): the same facts print_summary prints."""
+    from i2x.engine import stages
+
+    run = stages.get_run(store, run_id)
+    explanation = stages.get_explanation(store, run_id)
+    index = store.get_json(stages.run_key(run_id, "checkpoints", "index.json"))
+    pair = explanation.get("most_confused_pair") or {}
+    table = stages.run_key(run_id, "finetune", "table.md")
+    report = stages.run_key(run_id, "report.html")
+    return {"run_id": run_id, "store": store.url, "accuracy": index["accuracy"],
+            "steps": [c["step"] for c in run["checkpoints"]],
+            "pair": {"names": [run["classes"][pair["a"]], run["classes"][pair["b"]]], **pair} if pair else None,
+            "uncertain_prototype": explanation.get("uncertain_prototype"),
+            "finetune_markdown": store.get_bytes(table).decode() if store.exists(table) else None,
+            "report": f"{store.url}/{report}" if store.exists(report) else None,
+            "seconds": round(seconds, 1), "timings": {k: round(v, 1) for k, v in timings.items()}}
 
 
 def print_summary(store, run_id: str, seconds: float, timings: dict[str, float]) -> None:

@@ -12,6 +12,7 @@ Everything goes to `stream` (default stderr), so stdout holds only the results (
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -45,6 +46,8 @@ class Bars:
         self._started: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._ended: set[str] = set()
+        self._closed = False
+        self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def __call__(self, stage: str, event) -> None:
@@ -69,7 +72,7 @@ class Bars:
         if ended:
             text = f"{stage} {event.state.lower()} in {now - self._started[stage]:.1f} s ({count})"
         else:
-            text = f"{stage} {count}" + (f" {event.message}" if event.message else "")
+            text = " ".join(x for x in (stage, count if event.total or event.done else "", event.message) if x)
         stamp = time.strftime("%H:%M:%S")
         self.stream.write(f"{stamp} {text}\n")
         self.stream.flush()
@@ -80,7 +83,8 @@ class Bars:
         bar = self._bars.get(stage)
         if bar is None:
             bar = self._bars[stage] = tqdm(desc=f"{stage:<11}", total=event.total or None, unit="unit",
-                                           file=self.stream, leave=True, dynamic_ncols=True)
+                                           file=self.stream, leave=True, **self._size())
+            self._start_ticker()
         if event.total and bar.total != event.total:
             bar.total = event.total
         bar.n = event.done
@@ -89,9 +93,56 @@ class Bars:
         if ended:
             bar.close()  # its elapsed time stops now: the stage's own time
 
+    def _start_ticker(self) -> None:
+        """Redraw the open bars every second, so a stage without progress events (the report)
+        shows its time running instead of a frozen screen."""
+        if self._ticker is not None:
+            return
+
+        def tick() -> None:
+            while True:
+                time.sleep(1.0)
+                with self._lock:
+                    open_bars = [bar for stage, bar in self._bars.items() if stage not in self._ended]
+                    if self._closed:
+                        return
+                    for bar in open_bars:
+                        bar.refresh()
+
+        self._ticker = threading.Thread(target=tick, daemon=True, name="i2x-progress")
+        self._ticker.start()
+
+    def _size(self) -> dict:
+        """tqdm's width and height: the terminal's, or 100x24 where it reports none (a fresh pty
+        says 0x0, and tqdm then hides every bar)."""
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+            if size.columns > 0 and size.lines > 0:
+                return {}
+        except (AttributeError, OSError, ValueError):
+            pass
+        return {"ncols": 100, "nrows": 24}
+
     def close(self) -> None:
         with self._lock:
             for stage, bar in self._bars.items():
                 if stage not in self._ended:
                     bar.close()
             self._ended.update(self._bars)
+            self._closed = True
+
+
+def add_output_flags(p) -> None:
+    """--quiet / --json / --progress, shared by analyze and demo."""
+    g = p.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress, only the final result")
+    g.add_argument("--json", action="store_true", help="print the final result as one JSON object on stdout "
+                                                       "(progress, if any, goes to stderr)")
+    g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
+                   help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
+
+
+def progress_mode(args) -> str | None:
+    if args.quiet or args.progress == "none":
+        return "quiet"
+    return None if args.progress == "auto" else args.progress
