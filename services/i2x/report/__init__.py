@@ -35,7 +35,7 @@ def write_figures(store: Store, run_id: str) -> list[str]:
 def _comparison(run_a, run_b) -> str:
     from i2x.core.errors import InvalidArgument
     from i2x.report import figures as F
-    from i2x.report.build import full_gallery, pair_figures
+    from i2x.report.build import draw, full_gallery, pair_figures
     from i2x.report.html import comparison_body
 
     if run_a.class_names != run_b.class_names:
@@ -51,6 +51,7 @@ def _comparison(run_a, run_b) -> str:
                                    run_a.class_names, pair=pair)
         confusion_png = F.to_png(fig)
     figs = tuple(pair_figures(r) if r.explanation else [] for r in (run_a, run_b))
+    draw(figs[0] + figs[1], workers=1)
     for run, rendered in zip((run_a, run_b), figs):  # tell the two pair figures apart
         for r in rendered:
             r.caption = f"{run.run_id}: {r.caption}"
