@@ -15,6 +15,7 @@ from i2x.core.intensity import prototype_intensity
 from i2x.storage import Store, run_key
 
 CLASSES = ["T-shirt", "trouser", "pullover", "dress"]
+TEST_PER_CLASS = 120
 
 
 def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class: int = 10, n_prototypes: int = 8,
@@ -60,6 +61,8 @@ def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class
     confusion = rng.integers(0, 4, size=(K, K)) + np.diag(rng.integers(80, 100, size=K))
     confusion[1, 3] += 12
     confusion[3, 1] += 7
+    np.fill_diagonal(confusion, 0)
+    np.fill_diagonal(confusion, TEST_PER_CLASS - confusion.sum(axis=1))  # the same test split for every seed
     explanation = build_explanation(classes=CLASSES, assignments=assignments, labels=labels,
                                     confidences=confidences, W=dynamics.W, steps=dynamics.steps,
                                     confusion=confusion, n_prototypes=M, min_confidence_change=0.0)
@@ -67,6 +70,8 @@ def write_synthetic_run(store: Store, run_id: str, *, seed: int = 0, n_per_class
     if schema == 2:
         confusion[0, 2] += 25  # now 0 / 2 is the most confused pair; the analysed one stays 1 / 3
         confusion[2, 0] += 15
+        confusion[0, 0] -= 25
+        confusion[2, 2] -= 15
         upgrade_to_schema_2(explanation, assignments, labels, confusion, M)
 
     key = lambda *parts: run_key(run_id, *parts)  # noqa: E731

@@ -60,15 +60,17 @@ def _comparison(run_a, run_b) -> str:
     return comparison_body(run_a, run_b, confusion_png, figs, galleries)
 
 
-def build_report(store: Store, run_id: str, *, compare_with: tuple[Store, str] | None = None) -> str:
+def build_report(store: Store, run_id: str, *, compare_with: tuple[Store, str] | None = None,
+                 workers: int | None = None) -> str:
     """The run's HTML report (figures embedded); writes its figures and runs/<run_id>/report.html.
-    compare_with=(store_b, run_b) appends a comparison with that run."""
+    compare_with=(store_b, run_b) appends a comparison with that run. workers: processes that
+    draw the matplotlib figures (None: one per CPU when there are enough figures; 1: in this process)."""
     from i2x.report.build import render_all
     from i2x.report.html import run_report
     from i2x.report.run_data import RunData
 
     run = RunData(store, run_id)
-    groups = render_all(run)
+    groups = render_all(run, workers=workers)
     _write(store, run, groups)
     extra = ""
     if compare_with is not None:
