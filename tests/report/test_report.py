@@ -105,9 +105,8 @@ def test_mean_confidence_is_over_the_class_own_samples(store):
 def test_write_figures_writes_valid_pngs_of_sensible_size(store, output_dir):
     keys = write_figures(store, "run-a")
     names = {key.rsplit("/", 1)[1] for key in keys}
-    expected = {"confusion.png", "finetune-table.png", "gallery-01.png", "pair-01-03-contributions.png",
-                "pair-01-03-gallery.png"}
-    expected |= {f"class-{c:02d}-{kind}.png" for c in range(len(CLASSES)) for kind in ("evolution", "timeline")}
+    expected = {"confusion.png", "gallery-01.png", "pair-01-03-contributions.png", "pair-01-03-gallery.png"}
+    expected |= {f"class-{c:02d}-{kind}.png" for c in range(len(CLASSES)) for kind in ("evolution", "gallery")}
     assert expected <= names
     for key in keys:
         assert key.startswith("runs/run-a/figures/") and key.endswith(".png")
@@ -193,7 +192,11 @@ def test_report_answers_the_four_questions_per_class_in_words(store, report):
     pair = explanation["most_confused_pair"]
     overview = report.split('id="overview"')[1].split("</section>")[0]
     assert f">P-{uncertain}<" in overview
-    assert f"{pair['a_to_b']} &lsquo;{pair['names'][0]}&rsquo; predicted as &lsquo;{pair['names'][1]}&rsquo;" in overview
+    a, b = (f"&lsquo;{n}&rsquo;" for n in pair["names"])
+    # schema 1, source "confusion": the analysed pair is the most confused one, and says so
+    assert (f"<th>Most confused pair</th><td>{a} / {b}: {pair['count']} test confusions ({pair['a_to_b']} "
+            f"{a}&rarr;{b}, {pair['b_to_a']} {b}&rarr;{a})") in overview
+    assert f"<th>Analysed pair</th><td>{a} / {b}, the most confused pair</td>" in overview
     summary = explanation["curation"]["scopes"]["all"]
     assert f"{summary['size_before']} &rarr; {summary['size_after']} samples" in overview
     # Table 1 in HTML: the curated->full row with accuracy 0.97 +- 0.002 as percent.

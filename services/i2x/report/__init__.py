@@ -35,7 +35,7 @@ def write_figures(store: Store, run_id: str) -> list[str]:
 def _comparison(run_a, run_b) -> str:
     from i2x.core.errors import InvalidArgument
     from i2x.report import figures as F
-    from i2x.report.build import full_gallery, pair_figures
+    from i2x.report.build import draw, full_gallery, pair_figures
     from i2x.report.html import comparison_body
 
     if run_a.class_names != run_b.class_names:
@@ -51,6 +51,7 @@ def _comparison(run_a, run_b) -> str:
                                    run_a.class_names, pair=pair)
         confusion_png = F.to_png(fig)
     figs = tuple(pair_figures(r) if r.explanation else [] for r in (run_a, run_b))
+    draw(figs[0] + figs[1], workers=1)
     for run, rendered in zip((run_a, run_b), figs):  # tell the two pair figures apart
         for r in rendered:
             r.caption = f"{run.run_id}: {r.caption}"
@@ -59,15 +60,17 @@ def _comparison(run_a, run_b) -> str:
     return comparison_body(run_a, run_b, confusion_png, figs, galleries)
 
 
-def build_report(store: Store, run_id: str, *, compare_with: tuple[Store, str] | None = None) -> str:
+def build_report(store: Store, run_id: str, *, compare_with: tuple[Store, str] | None = None,
+                 workers: int | None = None) -> str:
     """The run's HTML report (figures embedded); writes its figures and runs/<run_id>/report.html.
-    compare_with=(store_b, run_b) appends a comparison with that run."""
+    compare_with=(store_b, run_b) appends a comparison with that run. workers: processes that
+    draw the matplotlib figures (None: one per CPU when there are enough figures; 1: in this process)."""
     from i2x.report.build import render_all
     from i2x.report.html import run_report
     from i2x.report.run_data import RunData
 
     run = RunData(store, run_id)
-    groups = render_all(run)
+    groups = render_all(run, workers=workers)
     _write(store, run, groups)
     extra = ""
     if compare_with is not None:

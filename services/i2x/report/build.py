@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 MAX_LINES = 8           # prototypes drawn in one evolution figure
 GALLERY_PAGE = 16       # prototype rows per stored gallery file
 GALLERY_ROWS_PER_CLASS = 12
+MAX_WORKERS = 4         # processes drawing figures in parallel (at most one per CPU)
+FIGURES_PER_WORKER = 4  # fewer pending figures than this per worker: not worth a process
 CLASS_PATCHES = 4       # crops per row in a class's own gallery (the full gallery has 6)
 EVENTS_PER_KEY = 3      # driving prototypes annotated per key checkpoint in the timeline
 
@@ -26,6 +29,62 @@ class Rendered:
     name: str           # file name under figures/
     png: bytes
     caption: str
+    # (figures.<function>, args, kwargs) still to draw; draw() fills `png` from it
+    spec: tuple | None = None
+
+
+def _draw_spec(spec: tuple) -> bytes:
+    function, args, kwargs = spec
+    return F.to_png(getattr(F, function)(*args, **kwargs))
+
+
+class Drawing:
+    """Draw pending matplotlib figures. Drawing is most of a report's time, so with several
+    figures and CPUs it runs in worker processes (forkserver: safe beside gRPC threads), each
+    figure rebuilt there from its plain arrays, while the caller goes on (galleries, HTML);
+    serially when workers=1 or a pool cannot start. start() then finish()."""
+
+    def __init__(self, rendered: list[Rendered], workers: int | None = None):
+        self.pending = [r for r in rendered if r.spec is not None]
+        if workers is None:
+            workers = min(os.cpu_count() or 1, MAX_WORKERS, len(self.pending) // FIGURES_PER_WORKER)
+        self.workers = workers
+        self.pool = None
+        self.futures = []
+
+    def start(self) -> "Drawing":
+        if self.workers > 1:
+            try:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                self.pool = ProcessPoolExecutor(max_workers=self.workers,
+                                                mp_context=multiprocessing.get_context("forkserver"))
+                self.futures = [self.pool.submit(_draw_spec, r.spec) for r in self.pending]
+            except Exception:  # noqa: BLE001 - no pool (sandbox, no /dev/shm): finish() draws here
+                self._close()
+        return self
+
+    def finish(self) -> None:
+        try:
+            for r, future in zip(self.pending, self.futures):
+                r.png, r.spec = future.result(), None
+        except Exception:  # noqa: BLE001 - a worker died: draw what is left here
+            pass
+        finally:
+            self._close()
+        for r in self.pending:
+            if r.spec is not None:
+                r.png, r.spec = _draw_spec(r.spec), None
+
+    def _close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool, self.futures = None, []
+
+
+def draw(rendered: list[Rendered], workers: int | None = None) -> None:
+    Drawing(rendered, workers).start().finish()
 
 
 def class_slug(c: int) -> str:
@@ -71,10 +130,11 @@ def class_figures(run: RunData, info: ClassExplanation) -> list[Rendered]:
     following = dict(zip(intensity_steps[:-1].tolist(), intensity_steps[1:].tolist()))
     # Fig. 3 and Fig. 4 in one figure: the key checkpoints are shaded and numbered; what each
     # numbered checkpoint did is the HTML list beside it (linked prototypes), not text in the image.
-    fig = F.class_evolution(intensity_steps, mean_intensity, shown, confidence, class_name=name,
-                            key_steps=[k.step for k in info.key_checkpoints], next_steps=following, numbered=True)
+    spec = ("class_evolution", (intensity_steps, mean_intensity, shown, confidence),
+            dict(class_name=name, key_steps=[k.step for k in info.key_checkpoints], next_steps=following,
+                 numbered=True))
     more = len(info.shared) - len(shown)
-    return [Rendered(f"{slug}-evolution.png", F.to_png(fig),
+    return [Rendered(f"{slug}-evolution.png", b"", spec=spec, caption=
                      f"Fig. 3-4 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
                      "samples (left axis) and its mean confidence (dashed, right axis); shaded and numbered: key "
                      "checkpoints (listed below the figure)."
@@ -101,9 +161,10 @@ def pair_figures(run: RunData) -> list[Rendered]:
     uncertain = pair.uncertain or ([pair.uncertain_prototype] if pair.uncertain_prototype is not None else [])
     # With no unsupported flip, the explanation names the most alternating (compensated) prototype.
     label = "uncertain" if pair.uncertain else "most alternating, compensated"
-    fig = F.pair_contributions(steps, D, name_a=run.name(a), name_b=run.name(b), reliable=pair.reliable[:6],
-                               uncertain=uncertain[:3], uncertain_label=label)
-    out = [Rendered(f"{slug}-contributions.png", F.to_png(fig),
+    spec = ("pair_contributions", (steps, D), dict(name_a=run.name(a), name_b=run.name(b),
+                                                    reliable=pair.reliable[:6], uncertain=uncertain[:3],
+                                                    uncertain_label=label))
+    out = [Rendered(f"{slug}-contributions.png", b"", spec=spec, caption=
                     f"Fig. 5-7: each prototype's contribution to '{run.name(a)}' versus '{run.name(b)}' at each "
                     "step (above zero: towards the first class). Coloured solid lines: reliable prototypes; "
                     "dashed: uncertain.")]
@@ -144,19 +205,11 @@ def overview_figures(run: RunData) -> list[Rendered]:
     out = []
     if run.has("evaluation", "final.npz"):
         panels = confusion_panels(run)
-        fig = F.confusion_matrices(panels, run.class_names, pair=run_pair(run))
-        out.append(Rendered("confusion.png", F.to_png(fig),
+        spec = ("confusion_matrices", (panels, run.class_names), dict(pair=run_pair(run)))
+        out.append(Rendered("confusion.png", b"", spec=spec, caption=
                             "Fig. 8: confusion matrices on the test split (rows: true class, columns: predicted)"
                             + (", before and after fine-tuning." if len(panels) > 1 else ".")))
-    table = run.finetune_table
-    if table and table.get("rows"):
-        pair = run_pair(run)
-        names = (run.name(pair[0]), run.name(pair[1])) if pair else None
-        rows = list(table["rows"])
-        if table.get("baseline"):
-            rows.insert(0, {"protocol": "final model (no fine-tuning)", **table["baseline"]})
-        out.append(Rendered("finetune-table.png", F.to_png(F.finetune_table(rows, pair_names=names)),
-                            "Table 1: fine-tuning protocols from the final model."))
+    # Table 1 is an HTML table in the page (and finetune/table.md): no image of it is drawn.
     return out
 
 
@@ -193,31 +246,38 @@ class Report:
         return [r for group in self.groups.values() for r in group]
 
 
-def render_all(run: RunData, *, misclassified: bool = True) -> Report:
+def render_all(run: RunData, *, misclassified: bool = True, workers: int | None = None) -> Report:
     """Every figure of the run, grouped by report section: overview, classes (by index), pair,
-    gallery; gallery rows per class ("class-CC"), for the pair ("pair") and for all ("gallery")."""
+    gallery; gallery rows per class ("class-CC"), for the pair ("pair") and for all ("gallery").
+    workers: processes drawing the matplotlib figures (None: one per CPU, see Drawing)."""
     report = Report({"overview": overview_figures(run), "pair": [], "gallery": []})
     explanation = run.explanation
-    has_maps = run.has("clustering", "prototypes.npz") and bool(run.interpretation_steps)
     if explanation is not None:
         for c, info in sorted(explanation.classes.items()):
-            slug = class_slug(c)
-            report.groups[slug] = class_figures(run, info)
-            if has_maps:
+            report.groups[class_slug(c)] = class_figures(run, info)
+        report.groups["pair"] = pair_figures(run)
+    drawing = Drawing(report.figures(), workers).start()  # matplotlib in workers, the rest meanwhile here
+    try:
+        has_maps = run.has("clustering", "prototypes.npz") and bool(run.interpretation_steps)
+        if explanation is not None and has_maps:
+            for c, info in sorted(explanation.classes.items()):
+                slug = class_slug(c)
                 report.galleries[slug] = class_gallery(run, info)
                 report.groups[slug] += gallery_pages(report.galleries[slug], f"{slug}-gallery",
                                                      f"Prototypes of '{run.name(c)}' in its samples")
-        report.groups["pair"] = pair_figures(run)
-        if explanation.pair is not None and has_maps:
             pair = explanation.pair
-            report.galleries["pair"] = pair_gallery(run)
-            report.groups["pair"] += gallery_pages(report.galleries["pair"], f"pair-{pair.a:02d}-{pair.b:02d}-gallery",
-                                                   f"'{run.name(pair.a)}' vs '{run.name(pair.b)}'")
-            if misclassified:
-                from i2x.report.misclassified import pair_misclassified
+            if pair is not None:
+                report.galleries["pair"] = pair_gallery(run)
+                report.groups["pair"] += gallery_pages(report.galleries["pair"],
+                                                       f"pair-{pair.a:02d}-{pair.b:02d}-gallery",
+                                                       f"'{run.name(pair.a)}' vs '{run.name(pair.b)}'")
+        if explanation is not None and explanation.pair is not None and misclassified:
+            from i2x.report.misclassified import pair_misclassified
 
-                report.misclassified = pair_misclassified(run, pair.a, pair.b)
-    if has_maps:
-        report.galleries["gallery"] = full_gallery(run)
-        report.groups["gallery"] = gallery_pages(report.galleries["gallery"], "gallery", "Prototype gallery")
+            report.misclassified = pair_misclassified(run, explanation.pair.a, explanation.pair.b)
+        if has_maps:
+            report.galleries["gallery"] = full_gallery(run)
+            report.groups["gallery"] = gallery_pages(report.galleries["gallery"], "gallery", "Prototype gallery")
+    finally:
+        drawing.finish()
     return report

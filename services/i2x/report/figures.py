@@ -32,10 +32,13 @@ def proto(m: int) -> str:
 
 
 def to_png(fig: Figure) -> bytes:
-    """Render a figure to PNG bytes (Agg)."""
+    """Render a figure to PNG bytes (Agg). Figures that set their own margins (`fixed_margins`)
+    skip the tight bounding box, which costs a second full draw."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    tight = None if getattr(fig, "fixed_margins", False) else "tight"
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=tight, facecolor="white",
+                pil_kwargs={"compress_level": 3})
     return buffer.getvalue()
 
 
@@ -63,7 +66,9 @@ def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confi
     if mean_intensity.shape[1] != len(prototypes):
         raise InvalidArgument(f"mean_intensity has {mean_intensity.shape[1]} columns for {len(prototypes)} "
                               "prototypes; pass one column per prototype", field="mean_intensity")
-    fig = Figure(figsize=(8, 4.2))
+    fig = Figure(figsize=(8, 5.0))
+    fig.fixed_margins = True
+    fig.subplots_adjust(left=0.11, right=0.89, top=0.9, bottom=0.3)
     ax = fig.add_subplot()
     following = dict(zip(steps[:-1].tolist(), steps[1:].tolist()))
     following.update(next_steps or {})
@@ -86,8 +91,8 @@ def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confi
                           fontsize=8, fontweight="bold", color="#7A5A00")
     handles, labels = ax.get_legend_handles_labels()
     twin_handles, twin_labels = twin.get_legend_handles_labels()
-    ax.legend(handles + twin_handles, labels + twin_labels, fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.legend(handles + twin_handles, labels + twin_labels, fontsize=8, loc="lower center",
+               bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     title = f"Class '{class_name}': shared prototypes and confidence over training"
     if not len(prototypes):
         title += "\n(no prototype is shared by every sample of this class)"
@@ -169,6 +174,8 @@ def pair_contributions(steps, contributions, *, name_a: str, name_b: str, reliab
         raise InvalidArgument(f"contributions must be (steps, M) = ({len(steps)}, M), got {contributions.shape}",
                               field="contributions")
     fig = Figure(figsize=(8, 4.4))
+    fig.fixed_margins = True
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     ax = fig.add_subplot()
     highlighted = set(reliable) | set(uncertain)
     others = [m for m in range(contributions.shape[1]) if m not in highlighted]

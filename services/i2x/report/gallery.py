@@ -186,7 +186,7 @@ def gallery_page(rows: list[GalleryRow], title: str, notes: dict[int, str] | Non
             draw.text((label_w, y + 8), "no position", fill=(90, 90, 90), font=font(11))
         y += height
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", compress_level=3)
+    canvas.save(buffer, format="PNG", compress_level=1)  # a stored file, not embedded: speed over size
     return buffer.getvalue()
 
 

@@ -145,7 +145,7 @@ def curation_text(run: RunData) -> str:
     if curation.get("limited"):
         cap = curation.get("cap")
         text += (" The removal was limited" + (f" to the cap of {share(cap)} of any class" if cap is not None else "")
-                 + ", so no class is wiped out.")
+                 + ".")
     wiped = [c for c, n in enumerate(removed) if n and c < len(counts) and n >= counts[c] > 0]
     if wiped:
         text += (' <span class="warn">Every sample of ' + ", ".join(q(run.name(c)) for c in wiped)
@@ -170,9 +170,21 @@ def most_confused_text(run: RunData) -> str | None:
         return None
     text = (f"{q(run.name(most.a))} / {q(run.name(most.b))}: "
             + pair_counts(run, most.a, most.b, most.count, most.a_to_b, most.b_to_a))
-    if most.tie_break:
-        text += f"; tied with another pair, chosen by {escape(str(most.tie_break))}"
+    ties = tied_pairs(run, most)
+    if ties:
+        text += ("; tied with " + ", ".join(f"{q(run.name(a))} / {q(run.name(b))}" for a, b in ties)
+                 + (f", the tie broken by {escape(str(most.tie_break))}" if most.tie_break else ""))
     return text
+
+
+def tied_pairs(run: RunData, most) -> list[tuple[int, int]]:
+    """Other pairs with as many test confusions (both directions) as the most confused one."""
+    if not run.has("evaluation", "final.npz") or most.count is None:
+        return []
+    C = run.confusion
+    K = C.shape[0]
+    return [(a, b) for a in range(K) for b in range(a + 1, K)
+            if {a, b} != {most.a, most.b} and int(C[a, b] + C[b, a]) == int(most.count)]
 
 
 REASONS = {"next-confused": "the more confused pairs have no uncertain prototype to analyse",
@@ -191,7 +203,7 @@ def analysed_text(run: RunData) -> str | None:
     names = f"{q(run.name(pair.a))} / {q(run.name(pair.b))}"
     if same:
         return f"{names}, the most confused pair"
-    text = f"{names} ({pair_counts(run, pair.a, pair.b, pair.count, pair.a_to_b, pair.b_to_a)}), "
+    text = f"{names} with {pair_counts(run, pair.a, pair.b, pair.count, pair.a_to_b, pair.b_to_a)}, "
     reason = REASONS.get(pair.reason, escape(pair.reason))
     text += "not the most confused pair: " + reason
     if pair.skipped:
