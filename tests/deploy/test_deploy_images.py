@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from k8s_manifests import DOCKER, K8S, OVERLAYS, REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-VERSION = PYPROJECT["project"]["version"]
+VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "client/i2x/client/_version.py").read_text()).group(1)
 
 
 def build_args(dockerfile: str) -> dict[str, str]:
