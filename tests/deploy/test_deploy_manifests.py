@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(kubectl() is None,
 # Oldest Kubernetes the manifests target (native gRPC probes are GA in 1.27) and a recent one;
 # kubernetes-validate ships both schema sets offline.
 K8S_VERSIONS = ("1.27.0", "1.30.0")
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "client/i2x/client/_version.py").read_text()).group(1)
 OUR_IMAGES = {"services", "services-cuda", "ray-worker", "ray-worker-gpu"}
 
 # Settings a service may leave unset because the default is right there, and why.
