@@ -305,6 +305,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         shown, token = page(records, lambda r: [r.created, r.job_id], request.page_size, request.page_token)
         return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in shown], next_page_token=token)
 
+    async def GetServerInfo(self, request, context):
+        from i2x.client import __version__
+
+        store = self.jobs.store  # the client uploads and reads here (one store, said by the services)
+        return jobs_pb2.ServerInfo(service=self.jobs.service, version=__version__, store_url=store.url,
+                                   store_endpoint=getattr(store, "endpoint", "") or "",
+                                   store_secure=bool(getattr(store, "secure", False)))
+
 
 def page(items: list, key: Callable[[Any], list], page_size: int, page_token: str) -> tuple[list, str]:
     """One page of `items` (sorted by `key`) after the item a page_token names, and the next token.
@@ -327,14 +335,6 @@ def page(items: list, key: Callable[[Any], list], page_size: int, page_token: st
     more = start + size < len(items)
     token = base64.urlsafe_b64encode(json.dumps(key(shown[-1])).encode()).decode() if shown and more else ""
     return shown, token
-
-    async def GetServerInfo(self, request, context):
-        from i2x.client import __version__
-
-        store = self.jobs.store  # the client uploads and reads here (one store, said by the services)
-        return jobs_pb2.ServerInfo(service=self.jobs.service, version=__version__, store_url=store.url,
-                                   store_endpoint=getattr(store, "endpoint", "") or "",
-                                   store_secure=bool(getattr(store, "secure", False)))
 
 
 JobFactory = Callable[[str, dict], Callable[[JobContext], dict | None]]
