@@ -109,3 +109,5 @@ def test_gpus_the_cluster_can_never_grant_are_refused(stack, tiny_dataset, monke
     monkeypatch.setenv("I2X_RAY_GPUS_PER_TASK", "0")
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.device", client.interpret, "on-ray", device="gpu")
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "on-ray", precision="fp8")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "on-ray", device="cpu",
+           precision="fp16")
