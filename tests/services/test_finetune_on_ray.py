@@ -1,4 +1,5 @@
-"""Fine-tuning (protocol, repeat) units fanned out as Ray tasks give the serial run's table."""
+"""Fine-tuning (protocol, repeat) units fanned out as Ray tasks (the session's real local Ray)
+give the serial run's table."""
 
 from __future__ import annotations
 
@@ -13,17 +14,6 @@ from i2x.training import ray_tasks
 
 MEAN, STD = dataset_stats(DatasetSpec())
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def test_units_are_protocol_times_repeat_in_table_order():
                                                            ("curated->full", 1)]
 
 
-def test_ray_fanout_equals_the_serial_run(setting, ray_session, monkeypatch):
+def test_ray_fanout_equals_the_serial_run(setting, ray_local, monkeypatch):
     full, curated, test, final = setting
     kwargs = dict(mean=MEAN, std=STD, protocols=("full", "curated->full"), repeats=2, lr=1e-2, batch_size=8,
                   device="auto")
