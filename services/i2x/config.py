@@ -64,8 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
             "GPUs per training / fine-tuning Ray task: 'auto' (1 when the cluster has GPUs, else 0) or a number"),
     Setting("I2X_TRAIN_CPUS", "1", "CPUs per training / fine-tuning Ray task"),
     Setting("I2X_TRAIN_WAIT_SECONDS", "600",
-            "a training Ray task not started after this long (no worker with its CPUs/GPUs) fails its job, "
-            "naming the missing resources (0: no limit)"),
+            "a training Ray task (or every fine-tuning task) not started after this long (no worker with its "
+            "CPUs/GPUs) fails its job, naming the missing resources (0: no limit)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -245,12 +245,13 @@ def _follow(ref, channel, progress, cancel, options):
 
 # ---------------------------------------------------------------- fine-tuning fan-out
 
-def _finetune_task(inputs: dict, protocol: str, repeat: int, options: dict, threads: int) -> dict:
+def _finetune_task(inputs: dict, protocol: str, repeat: int, options: dict, threads: int, channel) -> dict:
     import torch
 
     from i2x.core.finetune import finetune_once
 
     torch.set_num_threads(threads)
+    channel.report.remote(0, 0, f"{protocol} repeat {repeat + 1} started")
     return finetune_once(protocol=protocol, repeat=repeat, **inputs, **options)
 
 
@@ -266,10 +267,13 @@ def finetune_map_runs(*, progress=None, cancel=None):
         from i2x.core.finetune import stages_of
 
         resources = raycluster.connect()
-        task = ray.remote(_finetune_task).options(**_task_options(resources))
+        task_options = _task_options(resources)
+        task = ray.remote(_finetune_task).options(**task_options)
         shared = ray.put(inputs)  # the sets and the final weights, once for every task
         threads = _torch_threads()
-        refs = [task.remote(shared, protocol, r, options, threads) for protocol, r in units]
+        channel = ray.remote(ProgressChannel).options(num_cpus=0).remote()  # tells when the first task starts
+        refs = [task.remote(shared, protocol, r, options, threads, channel) for protocol, r in units]
+        submitted, limit, started = time.monotonic(), wait_limit(), False
         where = {ref: i for i, ref in enumerate(refs)}
         total = sum(len(stages_of(protocol)) for protocol, _ in units)
         results: list = [None] * len(units)
@@ -279,6 +283,15 @@ def finetune_map_runs(*, progress=None, cancel=None):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("fine-tuning cancelled", field="job_id")
                 ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+                if not started and not ready:
+                    started = ray.get(channel.poll.remote()) is not None
+                    waited = time.monotonic() - submitted
+                    if not started and limit and waited > limit:
+                        raise Unavailable(f"no fine-tuning task started in {waited:.0f} s: each waits for "
+                                          f"{_waiting(task_options)} (I2X_TRAIN_WAIT_SECONDS); free or add Ray "
+                                          "workers, or lower I2X_TRAIN_CPUS / I2X_TRAIN_GPUS",
+                                          field="I2X_TRAIN_WAIT_SECONDS")
+                started = started or bool(ready)
                 for ref in ready:
                     i = where[ref]
                     try:
@@ -299,6 +312,7 @@ def finetune_map_runs(*, progress=None, cancel=None):
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001
                     pass
+            ray.kill(channel)
         return results
 
     return map_runs
