@@ -162,7 +162,7 @@ def make_run(store, run_id: str, dataset: str, args, device_text: str) -> dict:
 
     train_batch = 64 if not args.smoke else 8
     iterations = -(-args.images // train_batch)
-    every = max(1, iterations // args.checkpoints)
+    every = -(-iterations // args.checkpoints)  # a checkpoint every `every` iterations and at the end
     model = {"arch": args.arch, "in_channels": 3, "num_classes": 10, "input_size": args.size}
     train = {"preset": "paper-mnist", "epochs": 1, "batch_size": train_batch, "checkpoint_every": every,
              "device": device_text}

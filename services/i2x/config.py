@@ -86,6 +86,9 @@ SETTINGS: tuple[Setting, ...] = (
             "longest pause between tries to reach Ray, at start-up and after a lost connection (backoff from 0.5 s)"),
     Setting("I2X_LIVE_IDLE_SECONDS", "3600",
             "a follow interpretation of a live run fails when no checkpoint arrives for this long"),
+    Setting("I2X_TRAIN_WAIT_SECONDS", "600",
+            "a training Ray task (or every fine-tuning task) not started after this long (no worker with its "
+            "CPUs/GPUs) fails its job, naming the missing resources (0: no limit)"),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}

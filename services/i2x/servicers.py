@@ -155,6 +155,8 @@ def interpret_params(message: common_pb2.InterpretParams, n_classes: int | None 
         params.device = check_device(message.device, field="params.device")
     if message.HasField("precision"):
         params.precision = check_precision(message.precision, field="params.precision")
+    if params.precision == "fp16" and params.device == "cpu":
+        raise InvalidArgument("precision fp16 needs a GPU; use bf16 (or fp32) with device cpu", field="params.precision")
     return params
 
 

@@ -29,10 +29,59 @@ def stack(tmp_path_factory, ray_local, tiny_dataset):
     services.stop()
 
 
+def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
+    _, client, store = stack
+    monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
+    # 3,000 iterations: far longer than the test waits
+    client.create_run("cancel-ray", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
+                      train={"preset": "tiny", "epochs": 500, "checkpoint_every": 10_000})
+    job = client.train("cancel-ray")
+    deadline = time.monotonic() + 150  # a fresh Ray worker imports torch first
+    for event in job.watch(deadline=deadline):
+        if event.done > 0:  # the task is training and reporting
+            break
+    job.cancel()
+    with pytest.raises(Exception):
+        job.result(timeout=60)
+    assert job.info.state == "CANCELLED"
+    assert not store.exists("runs/cancel-ray/checkpoints/index.json")
+
+
+def test_a_training_task_that_cannot_start_fails_naming_the_resources(stack, ray_local, tiny_dataset, monkeypatch):
+    _, client, store = stack
+    monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
+    monkeypatch.setenv("I2X_TRAIN_WAIT_SECONDS", "2")
+
+    @ray_local.remote
+    class Blocker:
+        def ready(self):
+            return True
+
+    free = int(ray_local.available_resources().get("CPU", 0))
+    blocker = Blocker.options(num_cpus=free).remote()  # every free CPU of the cluster, held
+    try:
+        ray_local.get(blocker.ready.remote(), timeout=60)
+        client.create_run("starved", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
+                          train={"preset": "tiny"})
+        job = client.train("starved")
+        with pytest.raises(Exception):
+            job.result(timeout=60)
+    finally:
+        ray_local.kill(blocker)
+    assert job.info.state == "FAILED"
+    error = job.info.error
+    assert "the training task waited" in error and "for 1 CPU and 0 GPU: 0 of 2 CPU" in error, error
+    assert "I2X_TRAIN_WAIT_SECONDS" in error
+    assert not store.exists("runs/starved/checkpoints/index.json")
+
+
 def test_training_runs_as_a_ray_task_and_units_record_their_placement(stack, ray_local, tiny_dataset, monkeypatch):
     _, client, store = stack
     monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
     monkeypatch.setenv("I2X_TRAIN_GPUS", "auto")  # no GPU in this cluster: 0
+    # one warm interpretation actor (it holds its CPU for the service's life): the other CPU of the
+    # 2-CPU test cluster stays free for the training tasks
+    monkeypatch.setenv("I2X_RAY_POOL_SIZE", "1")
     from i2x.engine import stages
 
     def not_here(*_args, **_kwargs):
@@ -63,24 +112,6 @@ def test_training_runs_as_a_ray_task_and_units_record_their_placement(stack, ray
         assert 0 < record["seconds"] < 60
 
 
-def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
-    _, client, store = stack
-    monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
-    # 3,000 iterations: far longer than the test waits
-    client.create_run("cancel-ray", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
-                      train={"preset": "tiny", "epochs": 500, "checkpoint_every": 10_000})
-    job = client.train("cancel-ray")
-    deadline = time.monotonic() + 90
-    for event in job.watch(deadline=deadline):
-        if event.done > 0:  # the task is training and reporting
-            break
-    job.cancel()
-    with pytest.raises(Exception):
-        job.result(timeout=60)
-    assert job.info.state == "CANCELLED"
-    assert not store.exists("runs/cancel-ray/checkpoints/index.json")
-
-
 def test_gpus_the_cluster_can_never_grant_are_refused(stack, tiny_dataset, monkeypatch):
     _, client, _ = stack
     client.create_run("nogpu", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
@@ -109,3 +140,5 @@ def test_gpus_the_cluster_can_never_grant_are_refused(stack, tiny_dataset, monke
     monkeypatch.setenv("I2X_RAY_GPUS_PER_TASK", "0")
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.device", client.interpret, "on-ray", device="gpu")
     expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "on-ray", precision="fp8")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "params.precision", client.interpret, "on-ray", device="cpu",
+           precision="fp16")

@@ -278,6 +278,8 @@ def interpret_checkpoints(model: nn.Module, states: Iterable[tuple[int, dict]], 
     from i2x.models import load_weights
 
     cam = GradCAM(model, target_layer, batch_size=batch_size, device=device, precision=precision)
+    if cam.device.type == "cuda" and images.device.type == "cpu" and not images.is_pinned():
+        images = images.pin_memory()  # once for every checkpoint, not once per call
     total = len(states) if hasattr(states, "__len__") else 0
     for done, (step, state) in enumerate(states, start=1):
         if cancel is not None and cancel.is_set():

@@ -206,7 +206,10 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"training cancelled at step {step} of {total}")
             batch = permutation[start:start + config.batch_size]
-            x = to_tensor(train.images[batch], mean, std).to(device, non_blocking=True)
+            x = to_tensor(train.images[batch], mean, std)
+            if device.type == "cuda":
+                x = x.pin_memory()  # page-locked, so the copy below runs asynchronously
+            x = x.to(device, non_blocking=True)
             y = labels_all[batch].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 from i2x import config, raycluster
-from i2x.core.errors import Cancelled, FailedPrecondition, I2XError, InvalidArgument
+from i2x.core.errors import Cancelled, FailedPrecondition, I2XError, InvalidArgument, Unavailable
 
 POLL_SECONDS = 0.25  # how often the job's thread reads the task's progress
 CANCEL_POLL = 0.5  # how often a task asks whether its job was cancelled
@@ -65,6 +65,28 @@ def train_cpus(setting: str | None = None) -> float:
     if cpus <= 0:
         raise InvalidArgument(f"must be a number > 0, got {text!r}", field="I2X_TRAIN_CPUS")
     return cpus
+
+
+def wait_limit(setting: str | None = None) -> float:
+    """I2X_TRAIN_WAIT_SECONDS: how long a task may wait to start (0: no limit)."""
+    text = config.get("I2X_TRAIN_WAIT_SECONDS", setting)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise InvalidArgument(f"must be a number of seconds >= 0 (0: no limit), got {text!r}",
+                              field="I2X_TRAIN_WAIT_SECONDS")
+    return value
+
+
+def _waiting(options: dict) -> str:
+    """'1 CPU and 0 GPU: 0 of 2 CPU and 0 of 0 GPU free' for the task's resources."""
+    import ray
+
+    free, total = ray.available_resources(), ray.cluster_resources()
+    return (f"{options['num_cpus']:g} CPU and {options['num_gpus']:g} GPU: {free.get('CPU', 0):g} of "
+            f"{total.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPU free")
 
 
 def check_request(device: str | None, field: str) -> None:
@@ -160,6 +182,7 @@ def _train_task(spec: dict, run_id: str, channel, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     side = _TaskSide(channel)
+    channel.report.remote(0, 0, "training task started")  # the job's thread stops counting the wait
     return stages.train_run(open_store_spec(spec), run_id, progress=side.progress, cancel=side)
 
 
@@ -171,24 +194,36 @@ def train_run(store, run_id: str, *, progress=None, cancel=None) -> dict:
 
     resources = raycluster.connect()
     channel = ray.remote(ProgressChannel).options(num_cpus=0).remote()
-    task = ray.remote(_train_task).options(**_task_options(resources))
+    options = _task_options(resources)
+    task = ray.remote(_train_task).options(**options)
     ref = task.remote(store_spec(store), run_id, channel, _torch_threads())
     try:
-        return _follow(ref, channel, progress, cancel)
+        return _follow(ref, channel, progress, cancel, options)
     finally:
         ray.kill(channel)
 
 
-def _follow(ref, channel, progress, cancel):
+def _follow(ref, channel, progress, cancel, options):
     import ray
 
     last, cancel_sent = None, None
+    submitted, limit, said = time.monotonic(), wait_limit(), 0.0
     while True:
         ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
         update = ray.get(channel.poll.remote())
         if update is not None and update != last and progress is not None:
             last = update
             progress(*update)
+        if update is None and not ready:  # not started: waiting for a worker with the resources
+            waited = time.monotonic() - submitted
+            if limit and waited > limit:
+                ray.cancel(ref, force=True)
+                raise Unavailable(f"the training task waited {waited:.0f} s for {_waiting(options)} "
+                                  "(I2X_TRAIN_WAIT_SECONDS); free or add Ray workers, or lower "
+                                  "I2X_TRAIN_CPUS / I2X_TRAIN_GPUS", field="I2X_TRAIN_WAIT_SECONDS")
+            if progress is not None and waited - said >= 5.0:
+                said = waited
+                progress(0, 0, f"waiting for {_waiting(options)}")
         if ready:
             try:
                 return ray.get(ref)
@@ -210,12 +245,13 @@ def _follow(ref, channel, progress, cancel):
 
 # ---------------------------------------------------------------- fine-tuning fan-out
 
-def _finetune_task(inputs: dict, protocol: str, repeat: int, options: dict, threads: int) -> dict:
+def _finetune_task(inputs: dict, protocol: str, repeat: int, options: dict, threads: int, channel) -> dict:
     import torch
 
     from i2x.core.finetune import finetune_once
 
     torch.set_num_threads(threads)
+    channel.report.remote(0, 0, f"{protocol} repeat {repeat + 1} started")
     return finetune_once(protocol=protocol, repeat=repeat, **inputs, **options)
 
 
@@ -231,10 +267,13 @@ def finetune_map_runs(*, progress=None, cancel=None):
         from i2x.core.finetune import stages_of
 
         resources = raycluster.connect()
-        task = ray.remote(_finetune_task).options(**_task_options(resources))
+        task_options = _task_options(resources)
+        task = ray.remote(_finetune_task).options(**task_options)
         shared = ray.put(inputs)  # the sets and the final weights, once for every task
         threads = _torch_threads()
-        refs = [task.remote(shared, protocol, r, options, threads) for protocol, r in units]
+        channel = ray.remote(ProgressChannel).options(num_cpus=0).remote()  # tells when the first task starts
+        refs = [task.remote(shared, protocol, r, options, threads, channel) for protocol, r in units]
+        submitted, limit, started = time.monotonic(), wait_limit(), False
         where = {ref: i for i, ref in enumerate(refs)}
         total = sum(len(stages_of(protocol)) for protocol, _ in units)
         results: list = [None] * len(units)
@@ -244,6 +283,15 @@ def finetune_map_runs(*, progress=None, cancel=None):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("fine-tuning cancelled", field="job_id")
                 ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+                if not started and not ready:
+                    started = ray.get(channel.poll.remote()) is not None
+                    waited = time.monotonic() - submitted
+                    if not started and limit and waited > limit:
+                        raise Unavailable(f"no fine-tuning task started in {waited:.0f} s: each waits for "
+                                          f"{_waiting(task_options)} (I2X_TRAIN_WAIT_SECONDS); free or add Ray "
+                                          "workers, or lower I2X_TRAIN_CPUS / I2X_TRAIN_GPUS",
+                                          field="I2X_TRAIN_WAIT_SECONDS")
+                started = started or bool(ready)
                 for ref in ready:
                     i = where[ref]
                     try:
@@ -264,6 +312,7 @@ def finetune_map_runs(*, progress=None, cancel=None):
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001
                     pass
+            ray.kill(channel)
         return results
 
     return map_runs

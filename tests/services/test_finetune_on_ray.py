@@ -1,10 +1,12 @@
-"""Fine-tuning (protocol, repeat) units fanned out as Ray tasks give the serial run's table."""
+"""Fine-tuning (protocol, repeat) units fanned out as Ray tasks (the session's real local Ray)
+give the serial run's table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from i2x.core.errors import Unavailable
 from i2x.core.finetune import protocol_runs, run_protocols
 from i2x.core.training import TrainConfig, seeded_build, train
 from i2x.data import DatasetSpec, dataset_stats, load_dataset
@@ -13,17 +15,6 @@ from i2x.training import ray_tasks
 
 MEAN, STD = dataset_stats(DatasetSpec())
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def test_units_are_protocol_times_repeat_in_table_order():
                                                            ("curated->full", 1)]
 
 
-def test_ray_fanout_equals_the_serial_run(setting, ray_session, monkeypatch):
+def test_ray_fanout_equals_the_serial_run(setting, ray_local, monkeypatch):
     full, curated, test, final = setting
     kwargs = dict(mean=MEAN, std=STD, protocols=("full", "curated->full"), repeats=2, lr=1e-2, batch_size=8,
                   device="auto")
@@ -76,3 +67,25 @@ def test_in_process_when_not_on_ray(monkeypatch):
     with pytest.raises(Exception, match="must be true or false") as info:
         ray_tasks.on_ray()
     assert info.value.field == "I2X_TRAIN_ON_RAY"
+
+
+def test_fanout_whose_tasks_cannot_start_fails_naming_the_resources(setting, ray_local, monkeypatch):
+    full, curated, test, final = setting
+    monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
+    monkeypatch.setenv("I2X_TRAIN_WAIT_SECONDS", "1")
+
+    @ray_local.remote
+    class Blocker:
+        def ready(self):
+            return True
+
+    blocker = Blocker.options(num_cpus=int(ray_local.available_resources().get("CPU", 0))).remote()
+    try:
+        ray_local.get(blocker.ready.remote(), timeout=60)
+        with pytest.raises(Unavailable, match=r"no fine-tuning task started in \d+ s: each waits for 1 CPU and 0 GPU: "
+                                              r"0 of 2 CPU") as info:
+            run_protocols(lambda: SmallCNN(width=4), final, full, curated, test, (2, 7), mean=MEAN, std=STD,
+                          protocols=("full",), repeats=1, map_runs=ray_tasks.finetune_map_runs())
+    finally:
+        ray_local.kill(blocker)
+    assert info.value.field == "I2X_TRAIN_WAIT_SECONDS"
