@@ -88,6 +88,8 @@ def main() -> None:
             services.stop()
             ray.shutdown()
     live_latency = live_done - marks["last"]
+    for event, step, at in live.timeline + [("explained", None, live_done)]:
+        print(f"  {at - marks['last']:+7.1f} s  {event}{'' if step is None else f' step {step}'}")
     print(f"demo setting{' (--quick)' if args.quick else ''}: {len(steps)} checkpoints, "
           f"{stages['prototypes']['n_prototypes']} prototypes; training with the live callback {trained - started:.1f} s")
     print(f"live:     last checkpoint -> explanation  {live_latency:6.1f} s")

@@ -72,6 +72,7 @@ class LiveAnalysis:
         self._last_saved: int | None = None
         self._failing = False  # inside a run of failures: say it once, not per checkpoint
         self._warned = False
+        self.timeline: list[tuple[str, int | None, float]] = []  # (event, step, time.monotonic()) for benches
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name=f"i2x-live-{run_id}", daemon=True)
         self._thread.start()
@@ -102,6 +103,7 @@ class LiveAnalysis:
             self._problem(step, f"could not copy the weights: {exc}")
             return
         self._last_saved = int(step)
+        self.timeline.append(("saved", int(step), time.monotonic()))
         try:
             self._queue.put_nowait((int(step), state))
         except queue.Full:
@@ -158,6 +160,7 @@ class LiveAnalysis:
                 self.client.register_checkpoints(self.run_id, {step: key}, live=True).result(
                     timeout=self.register_timeout)
                 self.registered.append(step)
+                self.timeline.append(("registered", step, time.monotonic()))
                 self._recovered(step)
             except Exception as exc:  # noqa: BLE001  # the store, the service, a refused checkpoint
                 self._problem(step, self._describe(exc))
@@ -168,6 +171,7 @@ class LiveAnalysis:
                 raise RuntimeError("no checkpoint reached the training service")
             self.client.register_checkpoints(self.run_id, {}, finish=True).result(timeout=self.register_timeout)
             self.finished = True
+            self.timeline.append(("finished", None, time.monotonic()))
         except Exception as exc:  # noqa: BLE001
             self.close_error = self._describe(exc)
             log.warning("i2x live: run %r could not be finished (%s); analyse it later with `i2x analyze %s`",
@@ -189,6 +193,7 @@ class LiveAnalysis:
         # Prototypes need only the final checkpoint: extracted while the last units are interpreted.
         self.client.prototypes(self.run_id, **params["prototypes"])
         self.follow_job.result(timeout)
+        self.timeline.append(("interpreted", None, time.monotonic()))
         return self.client.run_pipeline(self.run_id, prototypes=params["prototypes"], clusters=params["clusters"],
                                         explain=params["explain"], interpret=params["interpret"],
                                         report=self.report, timeout=timeout)
