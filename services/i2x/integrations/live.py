@@ -30,6 +30,7 @@ import time
 log = logging.getLogger("i2x.live")
 
 _FINISH = object()
+_START = object()
 
 
 def _safetensors_bytes(state: dict, step: int) -> bytes:
@@ -75,6 +76,7 @@ class LiveAnalysis:
         self.timeline: list[tuple[str, int | None, float]] = []  # (event, step, time.monotonic()) for benches
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name=f"i2x-live-{run_id}", daemon=True)
+        self._queue.put(_START)  # the run and its follow job (the Ray pool warms up) while the first steps train
         self._thread.start()
 
     # ---------------------------------------------------------------- the training side (fast, never raises)
@@ -149,6 +151,12 @@ class LiveAnalysis:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
+            if item is _START:
+                try:
+                    self._ensure_started()
+                except Exception:  # noqa: BLE001  # retried, and reported once, with the first checkpoint
+                    pass
+                continue
             if item is _FINISH:
                 self._close()
                 return
