@@ -140,6 +140,9 @@ def test_stages_needing_the_final_checkpoint_refuse_a_live_run(stack, tiny_datas
             call()
         assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "run 'half' is live (checkpoints still being registered, 1 so far)" in failed.value.details()
+    with pytest.raises(grpc.RpcError) as failed:  # a live run's checkpoints are not replaced as a whole
+        client.register_checkpoints("half", {6: key})
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "run 'half' is live" in failed.value.details()
     from i2x.client import JobFailed
 
     with pytest.raises(JobFailed, match=r"after the run's last step 5, got \[4\]"):

@@ -103,6 +103,23 @@ def test_export_logs_params_metrics_tags_and_artifacts(tmp_path, file_tracking):
         i2x_mlflow.export_run(store, "bare", tracking_uri=file_tracking)
 
 
+def test_export_reads_an_s3_store_through_the_sdk_reader(s3_server, file_tracking):
+    """The SDK's S3 reader (exists, list) serves the export as the services' store does."""
+    from s3server import ACCESS_KEY, SECRET_KEY
+
+    from i2x.client.store import S3Reader
+
+    store = s3_server.store(prefix="pre")
+    _explained_run(store)
+    reader = S3Reader(store.url, endpoint=s3_server.endpoint, secure=False, access_key=ACCESS_KEY,
+                      secret_key=SECRET_KEY, region="us-east-1")
+    assert reader.exists("runs/ex/report.html") and not reader.exists("runs/ex/absent.json")
+    assert reader.list("runs/ex/figures/") == ["runs/ex/figures/pair.png"]
+    done = i2x_mlflow.export_run(reader, "ex", tracking_uri=file_tracking)
+    _check_export(file_tracking, store, done)
+    assert store.get_json("runs/ex/mlflow.json")["run_id"] == done["run_id"]
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

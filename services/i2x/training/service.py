@@ -81,6 +81,9 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         params = {"checkpoints": [{"step": int(ref.step), "key": ref.key} for ref in request.checkpoints]}
         if live:
             return await self.start("register_live", run_id, {**params, "finish": bool(request.finish)})
+        if (await asyncio.to_thread(stages.get_run, self.store, run_id)).get("live"):
+            raise FailedPrecondition(f"run {run_id!r} is live: add checkpoints with live (or close it with finish), "
+                                     "not as a new set", field="live")
         return await self.start("register", run_id, params)
 
     async def GetRun(self, request, context):
