@@ -184,13 +184,18 @@ class LiveAnalysis:
             self.close_error = self._describe(exc)
             log.warning("i2x live: run %r could not be finished (%s); analyse it later with `i2x analyze %s`",
                         self.run_id, self.close_error, self.run_id)
+            if self.follow_job is not None:  # it would wait for checkpoints until I2X_LIVE_IDLE_SECONDS
+                try:
+                    self.follow_job.cancel()
+                except Exception:  # noqa: BLE001  # the service is what could not be reached
+                    pass
 
     # ---------------------------------------------------------------- the end
 
     def finish(self, *, wait: bool = True, timeout: float | None = None):
         """Save the last step (if not saved), close the live run and, with wait, return the
         client's PipelineResult once the explanation (and the report) are done; None when the run
-        could not be analysed (the log says why)."""
+        could not be closed (the log says why). A stage failing after that raises JobFailed."""
         if self.steps_seen and self._last_saved != self.steps_seen:
             self.save(self.steps_seen)
         self._queue.put(_FINISH)
