@@ -115,7 +115,10 @@ def test_export_reads_an_s3_store_through_the_sdk_reader(s3_server, file_trackin
                       secret_key=SECRET_KEY, region="us-east-1")
     assert reader.exists("runs/ex/report.html") and not reader.exists("runs/ex/absent.json")
     assert reader.list("runs/ex/figures/") == ["runs/ex/figures/pair.png"]
-    done = i2x_mlflow.export_run(reader, "ex", tracking_uri=file_tracking)
+    from i2x.client import Client
+
+    with Client(store=reader) as client:  # the SDK's entry point
+        done = client.export_to_mlflow("ex", tracking_uri=file_tracking)
     _check_export(file_tracking, store, done)
     assert store.get_json("runs/ex/mlflow.json")["run_id"] == done["run_id"]
 
