@@ -10,8 +10,8 @@ the four services on loopback and a local Ray (2 CPUs). Timed:
   post-hoc: the same checkpoints registered as a new run after training, then the whole pipeline
             (register, interpret, prototypes, clusters, explanation), as `i2x analyze --checkpoint`.
 
-The report is left out of both (the same cost either way). The services and Ray are warm for
-both: the live pass starts them, the post-hoc pass follows it.
+The report is left out of both (the same cost either way). The services and their Ray pool are
+warm for both, as running services are: a warm-up run goes through them first.
 
     nice -n 10 .venv/bin/python bench/bench_live.py            # --quick: 1 epoch, 8 prototypes
 """
@@ -36,6 +36,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 epoch and 8 prototypes (a smoke run)")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("i2x.interpretation.follow").setLevel(logging.INFO)
 
     import ray
     import torch
@@ -61,6 +65,16 @@ def main() -> None:
                 splits = load_dataset(spec)
                 mean, std = dataset_stats(spec)
                 model = seeded_build(lambda: build_model(ModelSpec.from_dict(MODEL)), config.seed)
+                # Running services have a warm Ray pool: warm it (and every service) on another run first.
+                from i2x.models import checkpoint_to_bytes
+
+                warm = {}
+                for step in (1, 2):
+                    key = f"uploads/warmup/{step}.safetensors"
+                    store.put_bytes(key, checkpoint_to_bytes(build_model(ModelSpec.from_dict(MODEL)).state_dict(), {}))
+                    warm[step] = key
+                client.run_pipeline("warmup", model=MODEL, dataset=DATASET, checkpoints=warm, report=False,
+                                    prototypes={"n_prototypes": 4}, timeout=1800)
                 live = LiveAnalysis("live", model, every=10 ** 9, model_spec=MODEL, dataset=DATASET, client=client,
                                     report=False, **stages)
                 marks: dict[str, float] = {}
@@ -88,6 +102,8 @@ def main() -> None:
             services.stop()
             ray.shutdown()
     live_latency = live_done - marks["last"]
+    for event, step, at in live.timeline + [("explained", None, live_done)]:
+        print(f"  {at - marks['last']:+7.1f} s  {event}{'' if step is None else f' step {step}'}")
     print(f"demo setting{' (--quick)' if args.quick else ''}: {len(steps)} checkpoints, "
           f"{stages['prototypes']['n_prototypes']} prototypes; training with the live callback {trained - started:.1f} s")
     print(f"live:     last checkpoint -> explanation  {live_latency:6.1f} s")

@@ -6,6 +6,7 @@ in COMMANDS, so a new one (demo, report, ...) is one function and one list entry
     i2x analyze RUN_ID ...                                      the pipeline against running services
     i2x demo                                                    the whole method on the embedded MNIST subset
     i2x report STORE --run RUN_ID [--compare ...]               the HTML report of a run, or two side by side
+    i2x watch RUN_ID                                            a (live) run's progress until it is explained
 """
 
 from __future__ import annotations

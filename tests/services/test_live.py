@@ -140,6 +140,9 @@ def test_stages_needing_the_final_checkpoint_refuse_a_live_run(stack, tiny_datas
             call()
         assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "run 'half' is live (checkpoints still being registered, 1 so far)" in failed.value.details()
+    with pytest.raises(grpc.RpcError) as failed:  # a live run's checkpoints are not replaced as a whole
+        client.register_checkpoints("half", {6: key})
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "run 'half' is live" in failed.value.details()
     from i2x.client import JobFailed
 
     with pytest.raises(JobFailed, match=r"after the run's last step 5, got \[4\]"):
@@ -183,3 +186,37 @@ def test_unreachable_store_keeps_training_and_says_so_once(tiny_dataset, caplog)
     assert len(misses) == 1 and misses[0].startswith("i2x live: step 3 of run 'nowhere' not analysed (UNAVAILABLE")
     assert any("could not be finished (RuntimeError: no checkpoint reached the training service)" in r.getMessage()
                for r in caplog.records)
+
+
+def test_lightning_callback_analyses_a_lightning_fit(stack, tiny_dataset):
+    pl = pytest.importorskip("lightning.pytorch")
+    from i2x.integrations.live import lightning_callback
+
+    store, client = stack
+    data = np.load(tiny_dataset)
+    x = torch.from_numpy(data["x_train"]).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(data["y_train"])
+
+    class Module(pl.LightningModule):  # a user's LightningModule around a zoo model
+        def __init__(self):
+            super().__init__()
+            self.model = _model()
+
+        def training_step(self, batch, batch_idx):
+            images, labels = batch
+            return torch.nn.functional.cross_entropy(self.model(images), labels)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    callback = lightning_callback("lightning", every=2, model_spec={"arch": "small_cnn", "num_classes": 3},
+                                  dataset={"kind": "npz", "root": tiny_dataset}, client=client, report=False, **STAGES)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.callbacks.append(callback)
+    trainer.fit(Module(), loader)
+    # 48 images / batch 8 = 6 global steps: checkpoints at 2, 4, 6
+    assert callback.result is not None and callback.result.run.steps == [2, 4, 6]
+    assert client.load("runs/lightning/interpretation/index.json")["steps"] == [2, 4, 6]
+    assert callback.result.pair_analysis.pair == (1, 2)

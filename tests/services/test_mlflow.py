@@ -103,6 +103,26 @@ def test_export_logs_params_metrics_tags_and_artifacts(tmp_path, file_tracking):
         i2x_mlflow.export_run(store, "bare", tracking_uri=file_tracking)
 
 
+def test_export_reads_an_s3_store_through_the_sdk_reader(s3_server, file_tracking):
+    """The SDK's S3 reader (exists, list) serves the export as the services' store does."""
+    from s3server import ACCESS_KEY, SECRET_KEY
+
+    from i2x.client.store import S3Reader
+
+    store = s3_server.store(prefix="pre")
+    _explained_run(store)
+    reader = S3Reader(store.url, endpoint=s3_server.endpoint, secure=False, access_key=ACCESS_KEY,
+                      secret_key=SECRET_KEY, region="us-east-1")
+    assert reader.exists("runs/ex/report.html") and not reader.exists("runs/ex/absent.json")
+    assert reader.list("runs/ex/figures/") == ["runs/ex/figures/pair.png"]
+    from i2x.client import Client
+
+    with Client(store=reader) as client:  # the SDK's entry point
+        done = client.export_to_mlflow("ex", tracking_uri=file_tracking)
+    _check_export(file_tracking, store, done)
+    assert store.get_json("runs/ex/mlflow.json")["run_id"] == done["run_id"]
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,3 +261,38 @@ def test_export_to_an_mlflow_server_on_loopback(tmp_path, mlflow_server):
     done = i2x_mlflow.export_run(store, "ex", tracking_uri=mlflow_server)
     assert done["artifact_uri"].startswith("mlflow-artifacts:")  # proxied through the server
     _check_export(mlflow_server, store, done)
+
+
+def test_cli_lines_of_from_mlflow_and_mlflow(tmp_path, file_tracking, capsys, monkeypatch):
+    """What `i2x analyze --from-mlflow ... --mlflow` prints around the pipeline, on real MLflow runs."""
+    from i2x.cli import build_parser
+    from i2x.client import Client
+    from i2x.integrations.cli import mlflow_checkpoints, mlflow_export
+    from i2x.storage import LocalStore
+
+    tracking = MlflowClient(tracking_uri=file_tracking)
+    source = tracking.create_run(tracking.create_experiment("train")).info.run_id
+    for step, state in zip((5, 10), _small_cnn_states(2)):
+        i2x_mlflow.log_checkpoint(state, step, mlflow_run_id=source, tracking_uri=file_tracking)
+    store = LocalStore(tmp_path / "store")
+    _explained_run(store)
+    args = build_parser().parse_args(["analyze", "ex", "--from-mlflow", f"runs:/{source}/checkpoints",
+                                      "--mlflow-tracking-uri", file_tracking, "--mlflow", file_tracking])
+    with Client(store=str(store.root)) as client:
+        keys = mlflow_checkpoints(args, client, {})
+        assert keys == {5: "uploads/ex/mlflow/step-000005.safetensors", 10: "uploads/ex/mlflow/step-000010.safetensors"}
+        mlflow_export(args, client, "ex")
+    memo = store.get_json("runs/ex/mlflow.json")
+    run = tracking.get_run(memo["run_id"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["from MLflow: 2 checkpoints (steps 5, 10) copied into the store",
+                     f"mlflow: run {memo['run_id']} (experiment {memo['experiment_id']}), artifacts {run.info.artifact_uri}"]
+    # an unreachable server: a warning on stderr, and the command goes on
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("I2X_MLFLOW_RETRIES", "0")
+    args = build_parser().parse_args(["analyze", "ex", "--mlflow", f"http://127.0.0.1:{_closed_port()}"])
+    with Client(store=str(store.root)) as client:
+        mlflow_export(args, client, "ex")
+    err = capsys.readouterr().err
+    assert err.startswith(f"i2x analyze: warning: not logged to MLflow: MLflow at {args.mlflow} failed to open a run "
+                          "after 1 attempt: ")

@@ -43,12 +43,16 @@ def mlflow_export(args, client, run_id: str) -> None:
     """With --mlflow: log the analysed run to MLflow. A failure is a warning: the analysis stands."""
     if getattr(args, "mlflow", None) is None:
         return
+    from i2x import config
     from i2x.core.errors import I2XError
+    from i2x.integrations.mlflow import export_run
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our retries, not minutes of MLflow's
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        done = client.export_to_mlflow(run_id, tracking_uri=args.mlflow or None, experiment=args.mlflow_experiment)
+        done = export_run(client.store, run_id, tracking_uri=args.mlflow or None, experiment=args.mlflow_experiment,
+                          retries=int(config.get("I2X_MLFLOW_RETRIES")),
+                          backoff=float(config.get("I2X_MLFLOW_BACKOFF_SECONDS")))
     except ImportError:
         print("i2x analyze: warning: --mlflow needs the mlflow package: pip install 'i2x-explain[mlflow]'",
               file=sys.stderr)

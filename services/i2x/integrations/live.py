@@ -30,6 +30,7 @@ import time
 log = logging.getLogger("i2x.live")
 
 _FINISH = object()
+_START = object()
 
 
 def _safetensors_bytes(state: dict, step: int) -> bytes:
@@ -72,8 +73,10 @@ class LiveAnalysis:
         self._last_saved: int | None = None
         self._failing = False  # inside a run of failures: say it once, not per checkpoint
         self._warned = False
+        self.timeline: list[tuple[str, int | None, float]] = []  # (event, step, time.monotonic()) for benches
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name=f"i2x-live-{run_id}", daemon=True)
+        self._queue.put(_START)  # the run and its follow job (the Ray pool warms up) while the first steps train
         self._thread.start()
 
     # ---------------------------------------------------------------- the training side (fast, never raises)
@@ -102,6 +105,7 @@ class LiveAnalysis:
             self._problem(step, f"could not copy the weights: {exc}")
             return
         self._last_saved = int(step)
+        self.timeline.append(("saved", int(step), time.monotonic()))
         try:
             self._queue.put_nowait((int(step), state))
         except queue.Full:
@@ -147,6 +151,12 @@ class LiveAnalysis:
     def _work(self) -> None:
         while True:
             item = self._queue.get()
+            if item is _START:
+                try:
+                    self._ensure_started()
+                except Exception:  # noqa: BLE001  # retried, and reported once, with the first checkpoint
+                    pass
+                continue
             if item is _FINISH:
                 self._close()
                 return
@@ -158,6 +168,7 @@ class LiveAnalysis:
                 self.client.register_checkpoints(self.run_id, {step: key}, live=True).result(
                     timeout=self.register_timeout)
                 self.registered.append(step)
+                self.timeline.append(("registered", step, time.monotonic()))
                 self._recovered(step)
             except Exception as exc:  # noqa: BLE001  # the store, the service, a refused checkpoint
                 self._problem(step, self._describe(exc))
@@ -168,17 +179,23 @@ class LiveAnalysis:
                 raise RuntimeError("no checkpoint reached the training service")
             self.client.register_checkpoints(self.run_id, {}, finish=True).result(timeout=self.register_timeout)
             self.finished = True
+            self.timeline.append(("finished", None, time.monotonic()))
         except Exception as exc:  # noqa: BLE001
             self.close_error = self._describe(exc)
             log.warning("i2x live: run %r could not be finished (%s); analyse it later with `i2x analyze %s`",
                         self.run_id, self.close_error, self.run_id)
+            if self.follow_job is not None:  # it would wait for checkpoints until I2X_LIVE_IDLE_SECONDS
+                try:
+                    self.follow_job.cancel()
+                except Exception:  # noqa: BLE001  # the service is what could not be reached
+                    pass
 
     # ---------------------------------------------------------------- the end
 
     def finish(self, *, wait: bool = True, timeout: float | None = None):
         """Save the last step (if not saved), close the live run and, with wait, return the
         client's PipelineResult once the explanation (and the report) are done; None when the run
-        could not be analysed (the log says why)."""
+        could not be closed (the log says why). A stage failing after that raises JobFailed."""
         if self.steps_seen and self._last_saved != self.steps_seen:
             self.save(self.steps_seen)
         self._queue.put(_FINISH)
@@ -189,6 +206,7 @@ class LiveAnalysis:
         # Prototypes need only the final checkpoint: extracted while the last units are interpreted.
         self.client.prototypes(self.run_id, **params["prototypes"])
         self.follow_job.result(timeout)
+        self.timeline.append(("interpreted", None, time.monotonic()))
         return self.client.run_pipeline(self.run_id, prototypes=params["prototypes"], clusters=params["clusters"],
                                         explain=params["explain"], interpret=params["interpret"],
                                         report=self.report, timeout=timeout)

@@ -133,8 +133,9 @@ def _retrying(what: str, tracking_uri: str, fn, retries: int, backoff: float):
         except Exception as exc:  # noqa: BLE001  # mlflow raises MlflowException or requests' errors
             if attempt == retries:
                 detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                attempts = f"{retries + 1} attempt{'s' if retries else ''}"
                 raise Unavailable(f"MLflow at {tracking_uri or 'the default tracking URI'} failed to {what} after "
-                                  f"{retries + 1} attempts: {detail}", field="mlflow") from None
+                                  f"{attempts}: {detail}", field="mlflow") from None
             time.sleep(backoff * 2 ** attempt)
 
 

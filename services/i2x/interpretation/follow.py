@@ -9,6 +9,7 @@ at once, so the later stages start right after training ends instead of after a 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from i2x.core.errors import Cancelled, FailedPrecondition
@@ -17,6 +18,7 @@ from i2x.engine.params import InterpretParams
 from i2x.storage import Store
 
 POLL_SECONDS = 0.5
+log = logging.getLogger(__name__)
 
 
 def follow_run(store: Store, run_id: str, params: InterpretParams, *, new_map_units=None, progress=None,
@@ -47,6 +49,7 @@ def follow_run(store: Store, run_id: str, params: InterpretParams, *, new_map_un
             for key in new_map_units()(todo):
                 step = int(key.rsplit("step-", 1)[-1].split(".")[0])
                 done.add(step)
+                log.info("follow %s: step %d interpreted (%d of %d registered)", run_id, step, len(done), len(steps))
                 state = "" if finished else ", training goes on"
                 if progress is not None:
                     progress(len(done), len(steps), f"interpreted step {step} ({len(done)} of {len(steps)}"
@@ -54,6 +57,7 @@ def follow_run(store: Store, run_id: str, params: InterpretParams, *, new_map_un
             last_change = time.monotonic()
             continue
         if finished:
+            log.info("follow %s: the run is finished; writing the index of %d units", run_id, len(steps))
             return stages.interpret_run(store, run_id, params, cancel=cancel, map_units=new_map_units())
         if time.monotonic() - last_change > idle_timeout:
             raise FailedPrecondition(

@@ -104,6 +104,9 @@ class TrainingServicer(StageServicer, training_pb2_grpc.TrainingServiceServicer)
         if live:
             return await self.start("register_live", run_id, {**params, "finish": bool(request.finish)},
                                     request.request_id)
+        if (await asyncio.to_thread(stages.get_run, self.store, run_id)).get("live"):
+            raise FailedPrecondition(f"run {run_id!r} is live: add checkpoints with live (or close it with finish), "
+                                     "not as a new set", field="live")
         if request.overwrite:
             params["overwrite"] = True
         elif not await asyncio.to_thread(self.jobs.by_request, "register", run_id, request.request_id):
