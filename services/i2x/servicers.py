@@ -362,13 +362,16 @@ class StageServicer:
 
     async def start(self, kind: str, run_id: str, params: dict, request_id: str = "") -> jobs_pb2.Job:
         await asyncio.to_thread(stages.get_run, self.store, run_id)  # unknown run -> NOT_FOUND now
+        if request_id:
+            check_id_length(request_id, "request_id")
+            existing = await asyncio.to_thread(self.jobs.by_request, kind, run_id, request_id)
+            if existing is not None and existing.params == params:
+                return job_to_proto(existing)  # a retry: the same job, even at the job limit
         limit = max_jobs()
         if self.jobs.active_count() >= limit:
             raise ResourceExhausted(f"this service already holds {limit} unfinished jobs (I2X_MAX_JOBS); wait for "
                                     "some to finish or cancel some, then start again", field="job")
         fn = self.job_function(kind, run_id, params)
-        if request_id:
-            check_id_length(request_id, "request_id")
         record = await asyncio.to_thread(functools.partial(self.jobs.submit, kind, run_id, params, fn,
                                                            request_id=request_id))
         return job_to_proto(record)

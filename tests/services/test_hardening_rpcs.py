@@ -231,8 +231,10 @@ def test_jobs_per_service_are_limited(stack, monkeypatch):
             dataset=common_pb2.DatasetSpec(kind="npz", root=tiny_dataset), explanation_fraction=0.5,
             train=common_pb2.TrainConfig(preset="tiny", epochs=200)), timeout=WAIT)
     monkeypatch.setenv("I2X_MAX_JOBS", "1")
-    first = training.StartTraining(training_pb2.StartTrainingRequest(run_id="busy-a"), timeout=WAIT)
+    start = training_pb2.StartTrainingRequest(run_id="busy-a", request_id="busy-1")
+    first = training.StartTraining(start, timeout=WAIT)
     try:
+        assert training.StartTraining(start, timeout=WAIT).job_id == first.job_id  # a retry, even at the limit
         details = refused(training.StartTraining, training_pb2.StartTrainingRequest(run_id="busy-b"),
                           grpc.StatusCode.RESOURCE_EXHAUSTED)
         assert details.startswith("job: this service already holds 1 unfinished jobs (I2X_MAX_JOBS)")
