@@ -209,22 +209,42 @@ def explain_params(message: common_pb2.ExplainParams, n_classes: int | None = No
         known = explain_extra_keys()
         unknown = sorted(set(extra) - set(known))
         if unknown:
-            raise InvalidArgument(f"unknown keys {[quote(k) for k in unknown[:5]]}; valid keys are {known}",
+            raise InvalidArgument(f"unknown keys {[quote(k) for k in unknown[:5]]}; valid keys are {sorted(known)}",
                                   field="params.extra_json")
+        for name, value in extra.items():
+            _check_extra_value(name, value, known[name])
         params.extra = extra
     return params
 
 
-def explain_extra_keys() -> list[str]:
-    """The options of i2x.core.explain.build_explanation that ExplainParams.extra may set: those
-    explain_run does not pass itself."""
+def explain_extra_keys() -> dict[str, Any]:
+    """The options of i2x.core.explain.build_explanation that ExplainParams.extra may set (those
+    explain_run does not pass itself), with their defaults."""
     import inspect
 
     from i2x.core.explain import build_explanation
 
     own = {"classes", "assignments", "labels", "confidences", "W", "steps", "confusion", "n_prototypes", "pair",
            "curation_scope", "tau", "lam"}
-    return sorted(name for name in inspect.signature(build_explanation).parameters if name not in own)
+    return {name: p.default for name, p in inspect.signature(build_explanation).parameters.items() if name not in own}
+
+
+def _check_extra_value(name: str, value: Any, default: Any) -> None:
+    """An extra option has the type of its default (a number for a float, an int for an int...)."""
+    field = f"params.extra_json.{name}"
+    if isinstance(default, bool) or isinstance(default, str) or isinstance(default, dict):
+        ok = isinstance(value, type(default))
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_COUNT
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:  # None: an optional number or object
+        ok = value is None or (isinstance(value, (int, float, dict)) and not isinstance(value, bool)
+                               and (not isinstance(value, float) or math.isfinite(value)))
+    if not ok:
+        wanted = type(default).__name__ if default is not None else "a number, an object or null"
+        raise InvalidArgument(f"must be {wanted} like its default {default!r}, got {quote(json.dumps(value))}",
+                              field=field)
 
 
 def finetune_params(message: common_pb2.FinetuneParams) -> FinetuneParams:
@@ -360,13 +380,16 @@ class StageServicer:
 
     async def start(self, kind: str, run_id: str, params: dict, request_id: str = "") -> jobs_pb2.Job:
         await asyncio.to_thread(stages.get_run, self.store, run_id)  # unknown run -> NOT_FOUND now
+        if request_id:
+            check_id_length(request_id, "request_id")
+            existing = await asyncio.to_thread(self.jobs.by_request, kind, run_id, request_id)
+            if existing is not None and existing.params == params:
+                return job_to_proto(existing)  # a retry: the same job, even at the job limit
         limit = max_jobs()
         if self.jobs.active_count() >= limit:
             raise ResourceExhausted(f"this service already holds {limit} unfinished jobs (I2X_MAX_JOBS); wait for "
                                     "some to finish or cancel some, then start again", field="job")
         fn = self.job_function(kind, run_id, params)
-        if request_id:
-            check_id_length(request_id, "request_id")
         record = await asyncio.to_thread(functools.partial(self.jobs.submit, kind, run_id, params, fn,
                                                            request_id=request_id))
         return job_to_proto(record)

@@ -52,8 +52,9 @@ def own_s3():
     servers[-1].stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
+    """One local Ray, kept for the session: tests/services' ray_local then reuses it."""
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:

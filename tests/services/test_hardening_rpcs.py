@@ -109,10 +109,12 @@ def test_values_checked_at_the_request(stack):
         run_id="checked", params=common_pb2.InterpretParams(target_layer="x" * 500))).startswith(
         "params.target_layer: give a layer name of 1-200 characters")
     for extra, words in (("[" * 1000, "nests deeper than 20"), ('{"bogus_option": 1}', "unknown keys"),
-                         ('{"a": "' + "x" * 70_000 + '"}', "I2X_MAX_JSON_KB"), ("[" * 100_000, "I2X_MAX_JSON_KB")):
+                         ('{"a": "' + "x" * 70_000 + '"}', "I2X_MAX_JSON_KB"), ("[" * 100_000, "I2X_MAX_JSON_KB"),
+                         ('{"n_groups": "many"}', "n_groups: must be int like its default 3"),
+                         ('{"weight_fraction": NaN}', "weight_fraction: must be float")):
         details = refused(explanation.StartExplanation, explanation_pb2.StartExplanationRequest(
             run_id="checked", params=common_pb2.ExplainParams(extra_json=extra)))
-        assert details.startswith("params.extra_json: ") and words in details and len(details) < 400
+        assert details.startswith("params.extra_json") and words in details and len(details) < 400
     details = refused(explanation.StartExplanation, explanation_pb2.StartExplanationRequest(
         run_id="checked", params=common_pb2.ExplainParams(pair=[0, 99])))
     assert details == "params.pair: class indices must be in 0..2 (the run has 3 classes), got [0, 99]"
@@ -229,8 +231,10 @@ def test_jobs_per_service_are_limited(stack, monkeypatch):
             dataset=common_pb2.DatasetSpec(kind="npz", root=tiny_dataset), explanation_fraction=0.5,
             train=common_pb2.TrainConfig(preset="tiny", epochs=200)), timeout=WAIT)
     monkeypatch.setenv("I2X_MAX_JOBS", "1")
-    first = training.StartTraining(training_pb2.StartTrainingRequest(run_id="busy-a"), timeout=WAIT)
+    start = training_pb2.StartTrainingRequest(run_id="busy-a", request_id="busy-1")
+    first = training.StartTraining(start, timeout=WAIT)
     try:
+        assert training.StartTraining(start, timeout=WAIT).job_id == first.job_id  # a retry, even at the limit
         details = refused(training.StartTraining, training_pb2.StartTrainingRequest(run_id="busy-b"),
                           grpc.StatusCode.RESOURCE_EXHAUSTED)
         assert details.startswith("job: this service already holds 1 unfinished jobs (I2X_MAX_JOBS)")
