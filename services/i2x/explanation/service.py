@@ -39,7 +39,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
 
         def run(ctx):
             explanation = stages.explain_run(store, run_id, ExplainParams.from_dict(params), **stage_progress(ctx))
-            pair = explanation.get("most_confused_pair") or {}
+            pair = _analysed_pair(explanation)
             return {"pair": [pair.get("a"), pair.get("b")], "uncertain_prototype": explanation.get("uncertain_prototype"),
                     "key": run_key(run_id, "explanation", "explanation.json")}
 
@@ -114,7 +114,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
     async def GetExplanation(self, request, context):
         run_id = run_id_of(request)
         doc = await self._explanation(run_id)
-        pair = doc.get("most_confused_pair") or {}
+        pair = _analysed_pair(doc)
         summary = explanation_pb2.ExplanationSummary(
             run_id=run_id, classes=[str(c) for c in doc.get("classes", [])],
             pair=[int(pair["a"]), int(pair["b"])] if "a" in pair else [],
@@ -137,7 +137,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
         pair = pair_of(request.pair, "pair")
         doc = await self._explanation(run_id)
         if pair is None or sorted(pair) == sorted(_explained_pair(doc)):
-            return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, doc.get("most_confused_pair") or {})
+            return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, _analysed_pair(doc))
         n_classes = len(doc.get("classes", []))
         if max(pair) >= n_classes:
             raise InvalidArgument(f"class indices must be in 0..{n_classes - 1}, got {pair}", field="pair")
@@ -165,8 +165,13 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
             key=result["key"], scope=SCOPE_VALUES[result["scope"]], pair=[int(v) for v in result["pair"]])
 
 
+def _analysed_pair(doc: dict) -> dict:
+    """The pair pair_analysis refers to (schema 2: analysed_pair; schema 1 had only most_confused_pair)."""
+    return doc.get("analysed_pair") or doc.get("most_confused_pair") or {}
+
+
 def _explained_pair(doc: dict) -> list[int]:
-    pair = doc.get("most_confused_pair") or {}
+    pair = _analysed_pair(doc)
     return [int(pair["a"]), int(pair["b"])] if "a" in pair else []
 
 
