@@ -20,7 +20,9 @@ from i2x.v1 import common_pb2, explanation_pb2, explanation_pb2_grpc
 VERDICTS = {"reliable": explanation_pb2.PROTOTYPE_VERDICT_RELIABLE,
             "uncertain": explanation_pb2.PROTOTYPE_VERDICT_UNCERTAIN,
             "compensated": explanation_pb2.PROTOTYPE_VERDICT_COMPENSATED,
-            "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE}
+            "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE,
+            "one-class": explanation_pb2.PROTOTYPE_VERDICT_ONE_CLASS,
+            "background": explanation_pb2.PROTOTYPE_VERDICT_BACKGROUND}
 
 
 # Thresholds of i2x.core.explain.pair_analysis, taken from the explanation's recorded parameters.
