@@ -18,6 +18,15 @@ def test_estimate_by_hand():
     assert estimate_checkpoints(48, TrainConfig.from_preset("tiny", include_initial=True)) == 3 + 1
 
 
+def test_the_demo_keeps_16_checkpoints():
+    from i2x.demo import DATASET, DEMO_TRAIN
+
+    # test_fraction 0.6 of 5,000 leaves 2,000 training images: ceil(2000/64) = 32 x 2 epochs = 64
+    # iterations, a checkpoint every 4 -> 16
+    assert DATASET["test_fraction"] == 0.6
+    assert estimate_checkpoints(2000, TrainConfig.from_preset("demo", **DEMO_TRAIN)) == 16
+
+
 def test_too_few_checkpoints_name_the_value_to_set():
     # 640 images / 64 = 10 iterations, every 16 -> only the last step: 1 checkpoint
     with pytest.raises(InvalidArgument, match="gives 1 checkpoint.*at most 3") as err:

@@ -9,6 +9,7 @@ import pytest
 
 from i2x.core.errors import InvalidArgument
 from i2x.core.dynamics import fit_dynamics
+from i2x.core.intensity import prototype_intensity
 from i2x.core.explain import (
     background_prototypes,
     build_explanation,
@@ -446,18 +447,20 @@ def scale_case():
     pres = presence(assignments, M)
     logits = np.cumsum(rng.normal(0, 0.6, (T, n, K)), axis=0) + 0.4 * np.arange(T)[:, None, None] * np.eye(K)[labels]
     conf = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    intensity = np.abs(rng.normal(1, 0.8, (T, n, M))) * pres[None]
+    saliency = np.abs(rng.normal(1, 0.8, (T, n, 3, 3)))
     cluster_labels = rng.integers(-1, 4, (T - 1, n))
-    return labels, assignments, conf, intensity, cluster_labels
+    return labels, assignments, conf, saliency, cluster_labels
 
 
 def test_statements_do_not_depend_on_the_unit_of_saliency():
-    labels, assignments, conf, intensity, cluster_labels = scale_case()
+    labels, assignments, conf, saliency, cluster_labels = scale_case()
     steps = np.arange(1, 8) * 10
     confusion = np.array([[15, 3, 2], [4, 14, 2], [1, 2, 17]])
 
     def explain(scale: float, relative: bool = True) -> dict:
-        dyn = fit_dynamics(conf, intensity * scale, steps, labels=cluster_labels, lam=0.5, relative_lam=relative)
+        # every saliency map times `scale`, then Eq. 4 and Eq. 5-8 as the explanation stage runs them
+        intensity = np.stack([prototype_intensity(saliency[t] * scale, assignments, 6) for t in range(len(steps))])
+        dyn = fit_dynamics(conf, intensity, steps, labels=cluster_labels, lam=0.5, relative_lam=relative)
         return _statements(build_explanation(classes=["x", "y", "z"], assignments=assignments, labels=labels,
                                              confidences=conf, W=dyn.W, steps=steps, confusion=confusion,
                                              n_prototypes=6, min_class_samples=5, max_removed_fraction=1.0))

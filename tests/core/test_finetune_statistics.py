@@ -57,7 +57,7 @@ def test_significant_and_not_significant_wording():
     md = table_markdown(out, ["two", "seven", "other"])
     assert "| curated → full | 92.00 ± 1.58 [90.04, 93.96] |" in md
     assert sums["text"] in md and acc["text"] in md
-    assert "The curated set removed 50% of 'two', 25% of 'seven' of the samples (none of the other classes)." in md
+    assert "Removed by curation: 50% of 'two', 25% of 'seven'; nothing of the other classes." in md
     same = add_statistics(table([10, 14, 12, 11, 13], [11, 13, 12, 14, 10]))
     assert "12.00 vs 12.00, t = 0.00, p = 1.000: not significant at the 5% level." in same["tests"][0]["text"]
     # a table without the two tested protocols gets intervals, no test

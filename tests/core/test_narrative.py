@@ -23,8 +23,12 @@ def test_the_headline_is_the_most_confused_pair_and_the_analysed_pair_says_why()
                                    "between 'b' / 'c' with no other prototype taking over, so the model is unsure "
                                    "what it means.")
     # 12 per class, cap 50%: 6 of 'b' and 6 of 'c' go
-    assert curation_line(out) == ("Curation (scope 'all') removes the 12 of 36 explanation samples that hold P-1: "
-                                  "50% of 'b', 50% of 'c'; limited to 50% of any class (see CURATION_LIMITED).")
+    assert curation_line(out) == ("Curation (scope 'all') removes 12 of the 36 explanation samples, those where P-1 "
+                                  "covers the most positions, at most 50% of any class (see CURATION_LIMITED): "
+                                  "50% of 'b', 50% of 'c'.")
+    uncapped = build_explanation(**fallback_case(), max_removed_fraction=1.0)
+    assert curation_line(uncapped) == ("Curation (scope 'all') removes the 24 of 36 explanation samples that hold "
+                                       "P-1: 100% of 'b', 100% of 'c'.")
     lines = summary_lines(out)
     # warnings first, then the headline, the analysed pair, the prototype, the curation
     assert lines[:3] == warning_lines(out) and lines[0].startswith("warning FEW_PAIR_CONFUSIONS: ")

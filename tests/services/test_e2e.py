@@ -49,7 +49,8 @@ def test_pipeline_trains_interprets_clusters_explains(stack, tiny_dataset):
 
     assert result.pair_analysis.pair == (1, 2)
     assert len(result.pair_analysis.steps) == len(steps) - 1
-    assert {p.verdict for p in result.pair_analysis.prototypes} <= {"reliable", "uncertain", "compensated", "inactive"}
+    assert {p.verdict for p in result.pair_analysis.prototypes} <= {
+        "reliable", "uncertain", "compensated", "inactive", "one_class", "background"}
     assert result.explanation.num_prototypes == 4
     assert len(result.evaluation.confusion) == 3
     assert sum(map(sum, result.evaluation.confusion)) == 24  # the test split of tiny.npz

@@ -64,7 +64,8 @@ def test_pair_analysis_of_any_pair(stack):
     assert other.names == run.classes[:2]
     confusion = client.evaluation("t").confusion
     assert (other.a_to_b, other.b_to_a) == (confusion[0][1], confusion[1][0])
-    assert {p.verdict for p in other.prototypes} <= {"reliable", "uncertain", "compensated", "inactive"}
+    assert {p.verdict for p in other.prototypes} <= {"reliable", "uncertain", "compensated", "inactive",
+                                                      "one_class", "background"}
     assert all(len(p.contribution) == len(other.steps) for p in other.prototypes)
 
 

@@ -98,7 +98,7 @@ class ClassExplanation:
 @dataclass
 class PrototypeRole:
     prototype: int
-    verdict: str  # "reliable" | "uncertain" | "compensated" | "inactive"
+    verdict: str  # "reliable" | "uncertain" | "compensated" | "inactive" | "one_class" | "background"
     favours: int | None
     flips: int
     unsupported_flips: int

@@ -16,11 +16,15 @@ class PrototypeVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOTYPE_VERDICT_UNCERTAIN: _ClassVar[PrototypeVerdict]
     PROTOTYPE_VERDICT_COMPENSATED: _ClassVar[PrototypeVerdict]
     PROTOTYPE_VERDICT_INACTIVE: _ClassVar[PrototypeVerdict]
+    PROTOTYPE_VERDICT_ONE_CLASS: _ClassVar[PrototypeVerdict]
+    PROTOTYPE_VERDICT_BACKGROUND: _ClassVar[PrototypeVerdict]
 PROTOTYPE_VERDICT_UNSPECIFIED: PrototypeVerdict
 PROTOTYPE_VERDICT_RELIABLE: PrototypeVerdict
 PROTOTYPE_VERDICT_UNCERTAIN: PrototypeVerdict
 PROTOTYPE_VERDICT_COMPENSATED: PrototypeVerdict
 PROTOTYPE_VERDICT_INACTIVE: PrototypeVerdict
+PROTOTYPE_VERDICT_ONE_CLASS: PrototypeVerdict
+PROTOTYPE_VERDICT_BACKGROUND: PrototypeVerdict
 
 class StartExplanationRequest(_message.Message):
     __slots__ = ("run_id", "params", "request_id")

@@ -669,12 +669,13 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
                       min_pair_confusions: int = 10, max_noise_fraction: float = 0.5, cluster_labels=None,
                       random_state: int = 0, tau: float | None = None, lam: float | None = None,
                       min_cluster_size: int | None = None, min_samples: int | None = None,
-                      extra_parameters: dict | None = None) -> dict:
+                      lam_relative: bool | None = None, extra_parameters: dict | None = None) -> dict:
     """Everything in explanation.json (schema: docs/EXPLANATION.md; rules: docs/METHOD.md).
     `classes`: the K class names. `confusion`: the final model's test confusion matrix. `pair`:
     analyse this (a, b) instead of a pair chosen from `confusion`. cluster_labels: the HDBSCAN labels
     (T-1, N), for the MOSTLY_NOISE check. tau, lam, min_cluster_size, min_samples (the Eq. 5-8
-    settings that produced W) and extra_parameters are only recorded in "parameters", when given."""
+    settings that produced W), lam_relative (whether lam was relative, fit_dynamics' relative_lam) and
+    extra_parameters are only recorded in "parameters", when given."""
     class_names = [str(name) for name in classes]
     n_classes = len(class_names)
     pres = presence(assignments, n_prototypes)
@@ -845,7 +846,8 @@ def build_explanation(*, classes, assignments, labels, confidences, W, steps, co
         "min_class_samples": int(min_class_samples), "min_pair_confusions": int(min_pair_confusions),
         "max_noise_fraction": float(max_noise_fraction), "random_state": int(random_state),
     }
-    recorded = {"tau": tau, "lam": lam, "min_cluster_size": min_cluster_size, "min_samples": min_samples}
+    recorded = {"tau": tau, "lam": lam, "lam_relative": lam_relative, "min_cluster_size": min_cluster_size,
+                "min_samples": min_samples}
     parameters.update({name: value for name, value in recorded.items() if value is not None})
     parameters.update(_jsonable(extra_parameters or {}))
     starts, ends = _pair_steps(steps, confidences.shape[0] - 1)

@@ -225,9 +225,9 @@ def removed_fraction_per_class(labels, kept, n_classes: int) -> list[float]:
 def removed_text(removed: list[float], classes: list[str]) -> str:
     hit = [f"{100 * f:.0f}% of '{classes[c]}'" for c, f in enumerate(removed) if f > 0]
     if not hit:
-        return "The curated set removed no sample."
-    text = "The curated set removed " + ", ".join(hit)
-    return text + ("." if len(hit) == len(classes) else " of the samples (none of the other classes).")
+        return "Removed by curation: no sample."
+    text = "Removed by curation: " + ", ".join(hit)
+    return text + ("." if len(hit) == len(classes) else "; nothing of the other classes.")
 
 
 def add_statistics(table: dict, *, removed_fraction_per_class: list[float] | None = None) -> dict:

@@ -105,11 +105,15 @@ def curation_line(explanation: dict) -> str | None:
     summary = curation["scopes"][curation["scope"]]
     classes = explanation["classes"]
     hit = [f"{_pct(f)} of '{classes[c]}'" for c, f in enumerate(summary["removed_fraction_per_class"]) if f > 0]
-    text = (f"Curation (scope '{curation['scope']}') removes the {summary['removed']} of {summary['size_before']} "
-            f"explanation samples that hold P-{curation['prototype']}" + (f": {', '.join(hit)}" if hit else ""))
+    m, scope = curation["prototype"], curation["scope"]
     if summary.get("limited"):
-        text += f"; limited to {_pct(summary['cap'])} of any class (see CURATION_LIMITED)"
-    return text + "."
+        text = (f"Curation (scope '{scope}') removes {summary['removed']} of the {summary['size_before']} explanation "
+                f"samples, those where P-{m} covers the most positions, at most {_pct(summary['cap'])} of any class "
+                "(see CURATION_LIMITED)")
+    else:
+        text = (f"Curation (scope '{scope}') removes the {summary['removed']} of {summary['size_before']} explanation "
+                f"samples that hold P-{m}")
+    return text + (f": {', '.join(hit)}." if hit else ".")
 
 
 def table_lines(table: dict | None) -> list[str]:

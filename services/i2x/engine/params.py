@@ -43,7 +43,7 @@ class ClusterParams(_Params):
 @dataclass
 class ExplainParams(_Params):
     tau: float = 0.0                  # Eq. 7: |dI| <= tau is set to 0
-    lam: float = 1.0                  # Eq. 8: ridge lambda
+    lam: float = 1.0                  # Eq. 8: ridge lambda, relative to mean(diag(dI^T dI)) (docs/METHOD.md)
     pair: list[int] | None = None     # [a, b]; None: the most confused pair on the test split
     curation_scope: str = "all"       # "all" | "pair": which samples curation may remove
     extra: dict = field(default_factory=dict)  # further keyword parameters of i2x.core.explain.build_explanation

@@ -715,7 +715,7 @@ def explain_run(store: Store, run_id: str, params: ExplainParams, *, progress: P
         classes=record["classes"], assignments=assignments, labels=labels, confidences=interp["confidences"],
         W=dyn.W, steps=interp["steps"], confusion=confusion, n_prototypes=n_prototypes,
         pair=tuple(params.pair) if params.pair else None, curation_scope=params.curation_scope,
-        tau=params.tau, lam=params.lam, cluster_labels=clusters["labels"], **params.extra)
+        tau=params.tau, lam=params.lam, lam_relative=True, cluster_labels=clusters["labels"], **params.extra)
     explanation["run_id"] = run_id
     key = _key(run_id, "explanation", "explanation.json")
     staged.put_json(key, explanation)

@@ -20,7 +20,9 @@ from i2x.v1 import common_pb2, explanation_pb2, explanation_pb2_grpc
 VERDICTS = {"reliable": explanation_pb2.PROTOTYPE_VERDICT_RELIABLE,
             "uncertain": explanation_pb2.PROTOTYPE_VERDICT_UNCERTAIN,
             "compensated": explanation_pb2.PROTOTYPE_VERDICT_COMPENSATED,
-            "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE}
+            "inactive": explanation_pb2.PROTOTYPE_VERDICT_INACTIVE,
+            "one-class": explanation_pb2.PROTOTYPE_VERDICT_ONE_CLASS,
+            "background": explanation_pb2.PROTOTYPE_VERDICT_BACKGROUND}
 
 
 # Thresholds of i2x.core.explain.pair_analysis, taken from the explanation's recorded parameters.
@@ -45,7 +47,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
 
         def run(ctx):
             explanation = stages.explain_run(store, run_id, ExplainParams.from_dict(params), **stage_progress(ctx))
-            pair = explanation.get("most_confused_pair") or {}
+            pair = _analysed_pair(explanation)
             return {"pair": [pair.get("a"), pair.get("b")], "uncertain_prototype": explanation.get("uncertain_prototype"),
                     "key": run_key(run_id, "explanation", "explanation.json")}
 
@@ -121,7 +123,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
     async def GetExplanation(self, request, context):
         run_id = run_id_of(request)
         doc = await self._explanation(run_id)
-        pair = doc.get("most_confused_pair") or {}
+        pair = _analysed_pair(doc)
         summary = explanation_pb2.ExplanationSummary(
             run_id=run_id, classes=[str(c) for c in doc.get("classes", [])],
             pair=[int(pair["a"]), int(pair["b"])] if "a" in pair else [],
@@ -144,7 +146,7 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
         pair = pair_of(request.pair, "pair")
         doc = await self._explanation(run_id)
         if pair is None or sorted(pair) == sorted(_explained_pair(doc)):
-            return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, doc.get("most_confused_pair") or {})
+            return pair_analysis_to_proto(run_id, doc.get("pair_analysis") or {}, _analysed_pair(doc))
         n_classes = len(doc.get("classes", []))
         if max(pair) >= n_classes:
             raise InvalidArgument(f"class indices must be in 0..{n_classes - 1}, got {pair}", field="pair")
@@ -173,8 +175,13 @@ class ExplanationServicer(StageServicer, explanation_pb2_grpc.ExplanationService
             key=result["key"], scope=SCOPE_VALUES[result["scope"]], pair=[int(v) for v in result["pair"]])
 
 
+def _analysed_pair(doc: dict) -> dict:
+    """The pair pair_analysis refers to (schema 2: analysed_pair; schema 1 had only most_confused_pair)."""
+    return doc.get("analysed_pair") or doc.get("most_confused_pair") or {}
+
+
 def _explained_pair(doc: dict) -> list[int]:
-    pair = doc.get("most_confused_pair") or {}
+    pair = _analysed_pair(doc)
     return [int(pair["a"]), int(pair["b"])] if "a" in pair else []
 
 
