@@ -433,7 +433,13 @@ class RayFanout:
         todo = deque(int(s) for s in steps)
         self._total = len(todo)
         try:
-            yield from self._run(todo)
+            yielded = 0
+            for key in self._run(todo):
+                yielded += 1
+                yield key
+            if yielded != self._total:  # a unit lost on the way must fail the job, not go unwritten
+                raise Unavailable(f"{self._total - yielded} of {self._total} units were not interpreted; "
+                                  "start the job again (finished units are kept)", field="steps")
         finally:
             self.stop()
 
@@ -451,7 +457,8 @@ class RayFanout:
                     # Wait for an actor only when this job has nothing running (others hold them all).
                     actors = self.pool.acquire(wanted, timeout=0.0 if self._pending else POLL_SECONDS)
                     for actor in actors:
-                        self._submit(actor, todo.popleft())
+                        self._submit(actor, todo[0])  # popped once submitted: a failed call keeps it
+                        todo.popleft()
                 if not self._pending:
                     waiting_since = waiting_since or time.monotonic()
                     message = self.pool.waiting_message()
@@ -529,7 +536,12 @@ class RayFanout:
             if self._stopped:
                 self.pool.release(actor)
                 return
-            self._pending[actor.interpret.remote(self.run_id, int(step), self.params)] = (actor, step)
+            try:
+                ref = actor.interpret.remote(self.run_id, int(step), self.params)
+            except BaseException:
+                self.pool.release(actor)
+                raise
+            self._pending[ref] = (actor, step)
 
     def stop(self) -> None:
         """Cancel this job's refs; actors still running one of its units stay busy until it ends."""
