@@ -204,6 +204,7 @@ class WarmPool:
             log.warning("warm pool: Ray reconnected, dropping %d actors of the old connection", len(self._actors))
             self._forget()
         resources = self._connect()
+        generation = self.link.generation if self.link is not None else 0  # the connection just waited for
         self.cpus, self.gpus = raycluster.cpus_per_task(), raycluster.gpus_per_task(resources)
         self._torch_threads = _torch_threads(self.cpus)
         self._remote_cls = ray.remote(InterpretWorker).options(
