@@ -251,10 +251,14 @@ class WarmPool:
 
         with self._cond:
             self._ensure()
-            self._wanting = time.monotonic()
+            self._wanting = float("inf")  # wanted until they are up
             self._grow(self.cap() - len(self._idle))
             starting = dict(self._starting)
-        ray.get(list(starting), timeout=timeout)
+        try:
+            ray.get(list(starting), timeout=timeout)
+        finally:
+            with self._cond:
+                self._wanting = time.monotonic()
         with self._cond:
             self._reap()
             return len(self._actors)
