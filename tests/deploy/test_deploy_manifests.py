@@ -1,8 +1,8 @@
 """The Kubernetes manifests, rendered and checked offline: schemas of the built-in kinds, the
 RayCluster's structure, hardening, probes, images, settings, Secrets and NetworkPolicies.
 
-Renders with the kubectl on PATH (or $KUBECTL); the overlays use only kustomize fields that the
-kustomize v2 in Debian's kubectl 1.20 and kustomize v5 both read, so either renders them.
+Renders with the kubectl on PATH (or $KUBECTL), kustomize >= v4: the overlays use `resources`
+and `patches`, none of the deprecated fields.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def render_with_doc_recipe(overlay: str, directory) -> list[dict]:
     assert set(wanted) <= set(blocks), f"DEPLOY.md lacks the blocks {set(wanted) - set(blocks)}"
     kustomization = yaml.safe_load(blocks["kustomization.yaml"])
     kustomization.update(apiVersion="kustomize.config.k8s.io/v1beta1", kind="Kustomization",
-                         bases=[os.path.relpath(K8S / "overlays" / overlay, directory)])
+                         resources=[os.path.relpath(K8S / "overlays" / overlay, directory)])
     (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     for name in PATCH_FILES:
         (directory / name).write_text(blocks[name])
@@ -127,10 +127,8 @@ def test_doc_blocks_are_prods_patch_files():
         assert blocks[name] == (PROD / name).read_text(), f"DEPLOY.md's {name} differs from prod's file"
     recipe = yaml.safe_load(blocks["kustomization.yaml"])
     kustomization = yaml.safe_load((PROD / "kustomization.yaml").read_text())
-    for entry in recipe["patchesStrategicMerge"]:
-        assert entry in kustomization["patchesStrategicMerge"]
-    for entry in recipe["patchesJson6902"]:
-        assert entry in kustomization["patchesJson6902"]
+    for entry in recipe["patches"]:
+        assert entry in kustomization["patches"]
 
 
 def test_doc_recipe_gives_dev_the_token_everywhere(dev_with_recipe):

@@ -1,0 +1,94 @@
+"""How the pods stop and what they reserve: Ray pods with requests equal to limits and a
+`ray stop` preStop; grace periods that outlast the services' drain, measured on a real
+`i2x serve` sent SIGTERM; and kustomizations free of deprecated fields."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from k8s_manifests import K8S, OVERLAYS, kubectl, pod_templates, render, resolved_env
+
+pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (kustomize >= v4) is missing: "
+                                "`make system-deps` installs one")
+
+DEPRECATED = ("bases", "patchesStrategicMerge", "patchesJson6902", "commonLabels", "vars")
+# The time kept free between the process's exit and the kubelet's SIGKILL.
+MARGIN_SECONDS = 5
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request):
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+def test_kustomizations_use_no_deprecated_fields():
+    for path in K8S.rglob("kustomization.yaml"):
+        fields = set(yaml.safe_load(path.read_text()))
+        assert not fields & set(DEPRECATED), f"{path.relative_to(K8S)} uses {sorted(fields & set(DEPRECATED))}"
+    for name in OVERLAYS:
+        proc = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / name)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "deprecated" not in proc.stderr.lower(), proc.stderr
+
+
+def test_ray_pods_request_what_they_limit_and_leave_the_cluster_before_sigterm(overlay):
+    name, docs = overlay
+    ray_pods = [t for t in pod_templates(docs) if t.owner.startswith("RayCluster/")]
+    assert len(ray_pods) >= 2
+    for template in ray_pods:
+        container = template.spec["containers"][0]
+        resources = container["resources"]
+        # KubeRay turns the limits into `ray start --num-cpus/--num-gpus/--memory`.
+        assert resources["requests"] == resources["limits"], f"{name} {template.owner}: {resources}"
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["ray", "stop"], template.owner
+        assert template.spec["terminationGracePeriodSeconds"] >= 30, template.owner
+
+
+def _sigterm_exit_seconds(tmp_path, grace: str) -> float:
+    """Seconds from SIGTERM to exit of a real `i2x serve clustering` with I2X_GRACE_SECONDS=grace."""
+    env = dict(os.environ, I2X_STORE=str(tmp_path / "store"), I2X_PORT="0", I2X_GRACE_SECONDS=grace)
+    proc = subprocess.Popen([sys.executable, "-m", "i2x.cli", "serve", "clustering", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "listening on" in line:
+                break
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        return time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_service_grace_periods_outlast_the_drain_by_five_seconds(overlay, tmp_path):
+    """The drain is at most I2X_GRACE_SECONDS for in-flight calls plus what the process takes to
+    exit; the latter is measured. terminationGracePeriodSeconds must leave MARGIN_SECONDS more."""
+    name, docs = overlay
+    exit_seconds = _sigterm_exit_seconds(tmp_path, "1")  # an idle service: the exit cost itself
+    deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("i2x-")
+                   and d["metadata"]["name"] != "i2x-minio"]
+    assert len(deployments) == 4
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        env = resolved_env(spec["containers"][0], docs)
+        drain = float(env["I2X_GRACE_SECONDS"] if isinstance(env["I2X_GRACE_SECONDS"], str)
+                      else _configmap_value(docs, env["I2X_GRACE_SECONDS"]))
+        left = spec["terminationGracePeriodSeconds"] - drain - exit_seconds
+        assert left >= MARGIN_SECONDS, (f"{name} {deployment['metadata']['name']}: grace "
+                                        f"{spec['terminationGracePeriodSeconds']} s - drain {drain} s - exit "
+                                        f"{exit_seconds:.1f} s leaves {left:.1f} s")
+
+
+def _configmap_value(docs, ref) -> str:
+    _, cm_name, key = ref
+    return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name)["data"][key]
