@@ -15,8 +15,8 @@ import yaml
 
 from k8s_manifests import K8S, OVERLAYS, kubectl, pod_templates, render, resolved_env
 
-pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (kustomize >= v4) is missing: "
-                                "`make system-deps` installs one")
+pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl with kustomize >= v4 is missing "
+                                "(Debian 12's kubectl 1.20 is too old)")
 
 DEPRECATED = ("bases", "patchesStrategicMerge", "patchesJson6902", "commonLabels", "vars")
 # The time kept free between the process's exit and the kubelet's SIGKILL.

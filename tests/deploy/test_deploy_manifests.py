@@ -20,7 +20,7 @@ from k8s_manifests import (K8S, NAMESPACES, OVERLAYS, REPO, Endpoint, allowed, b
                            kubectl, pod_templates, render, resolved_env)
 
 pytestmark = pytest.mark.skipif(kubectl() is None,
-                                reason="kubectl is missing: `make system-deps` installs Debian's kubernetes-client")
+                                reason="kubectl with kustomize >= v4 is missing (Debian 12's kubectl 1.20 is too old)")
 
 # Oldest Kubernetes the manifests target (native gRPC probes are GA in 1.27) and a recent one;
 # kubernetes-validate ships both schema sets offline.

@@ -24,7 +24,7 @@ from k8s_manifests import (K8S, RAY_AUTH_VARS, REPO, by_kind, kubectl, ray_auth_
                            ray_processes, render, resolved_env)
 
 pytestmark = pytest.mark.skipif(kubectl() is None,
-                                reason="kubectl is missing: `make system-deps` installs Debian's kubernetes-client")
+                                reason="kubectl with kustomize >= v4 is missing (Debian 12's kubectl 1.20 is too old)")
 
 TOKEN_SECRET = ("secret", "i2x-ray-token", "auth_token")
 PATCH_FILES = ("ray-auth-raycluster.yaml", "ray-auth-services.yaml")
