@@ -92,3 +92,20 @@ def test_service_grace_periods_outlast_the_drain_by_five_seconds(overlay, tmp_pa
 def _configmap_value(docs, ref) -> str:
     _, cm_name, key = ref
     return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name)["data"][key]
+
+
+def test_prod_spreads_the_replicas_and_gives_every_pod_the_i2x_priority():
+    docs = render(K8S / "overlays" / "prod")
+    (priority,) = [d for d in docs if d["kind"] == "PriorityClass"]
+    assert priority["metadata"]["name"] == "i2x" and "namespace" not in priority["metadata"]
+    for template in pod_templates(docs):
+        if template.owner.startswith("Job/"):
+            continue
+        assert template.spec.get("priorityClassName") == "i2x", template.owner
+        if not template.owner.startswith("Deployment/"):
+            continue
+        hostname = [c for c in template.spec["topologySpreadConstraints"]
+                    if c["topologyKey"] == "kubernetes.io/hostname"]
+        assert hostname and hostname[0]["whenUnsatisfiable"] == "DoNotSchedule", template.owner
+        # The selector picks this Deployment's own pods.
+        assert hostname[0]["labelSelector"]["matchLabels"].items() <= template.labels.items(), template.owner
