@@ -109,3 +109,29 @@ def test_prod_spreads_the_replicas_and_gives_every_pod_the_i2x_priority():
         assert hostname and hostname[0]["whenUnsatisfiable"] == "DoNotSchedule", template.owner
         # The selector picks this Deployment's own pods.
         assert hostname[0]["labelSelector"]["matchLabels"].items() <= template.labels.items(), template.owner
+
+
+def test_prod_ingress_reaches_every_service_over_grpc_and_the_policy_lets_it():
+    from i2x.config import SERVICE_PORTS
+
+    from k8s_manifests import by_kind
+
+    docs = render(K8S / "overlays" / "prod")
+    (ingress,) = by_kind(docs, "Ingress").values()
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    services = by_kind(docs, "Service")
+    backends = {}
+    for rule in ingress["spec"]["rules"]:
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        port = next(p for p in services[backend["name"]]["spec"]["ports"] if p["name"] == backend["port"]["name"])
+        assert port.get("appProtocol") == "grpc"
+        backends[backend["name"]] = port["port"]
+    assert backends == {f"i2x-{name}": port for name, port in SERVICE_PORTS.items()}
+    hosts = {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
+    assert hosts == {rule["host"] for rule in ingress["spec"]["rules"]}
+    assert ingress["spec"]["tls"][0]["secretName"] == "i2x-tls"
+    policy = by_kind(docs, "NetworkPolicy")["i2x-from-ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
+    assert (rule["ports"][0]["port"], rule["ports"][0]["endPort"]) == (min(SERVICE_PORTS.values()),
+                                                                       max(SERVICE_PORTS.values()))
