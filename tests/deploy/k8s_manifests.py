@@ -48,6 +48,13 @@ def render(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
 
+def i2x_config(docs: list[dict]) -> dict:
+    """The generated ConfigMap i2x-config-<hash> (kustomize's configMapGenerator)."""
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and re.fullmatch(r"i2x-config-[a-z0-9]{10}",
+                                                                             d["metadata"]["name"])]
+    return config
+
+
 def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 

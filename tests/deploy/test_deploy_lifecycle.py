@@ -135,3 +135,31 @@ def test_prod_ingress_reaches_every_service_over_grpc_and_the_policy_lets_it():
     assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
     assert (rule["ports"][0]["port"], rule["ports"][0]["endPort"]) == (min(SERVICE_PORTS.values()),
                                                                        max(SERVICE_PORTS.values()))
+
+
+def test_a_config_change_renames_the_generated_configmap_so_the_pods_roll(tmp_path):
+    """configMapGenerator hashes the data into the name, and every reference (Deployments and,
+    through kustomizeconfig.yaml, the RayCluster) follows: a new value is a new pod template."""
+    import os as _os
+
+    from k8s_manifests import i2x_config
+
+    def names(docs) -> tuple[str, set[str]]:
+        config = i2x_config(docs)["metadata"]["name"]
+        refs = set()
+        for template in pod_templates(docs):
+            for container in template.spec["containers"]:
+                refs |= {e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e}
+        return config, refs
+
+    prod = render(K8S / "overlays" / "prod")
+    config, refs = names(prod)
+    assert refs == {config}, "every pod reads the generated ConfigMap by its hashed name"
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [_os.path.relpath(K8S / "overlays" / "prod", tmp_path)],
+        "patches": [{"patch": yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
+                                              "metadata": {"name": "i2x-config"},
+                                              "data": {"I2X_LOG_LEVEL": "DEBUG"}})}]}))
+    changed, changed_refs = names(render(tmp_path))
+    assert changed != config and changed_refs == {changed}

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 
 from i2x.config import SERVICE_PORTS, SERVICES, SETTINGS
-from k8s_manifests import (K8S, NAMESPACES, OVERLAYS, REPO, Endpoint, allowed, by_kind, containers,
+from k8s_manifests import (i2x_config, K8S, NAMESPACES, OVERLAYS, REPO, Endpoint, allowed, by_kind, containers,
                            kubectl, pod_templates, render, resolved_env)
 
 pytestmark = pytest.mark.skipif(kubectl() is None,
@@ -99,7 +99,7 @@ def test_raycluster_structure(overlay):
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
 
     # The services connect to ray://<cluster>-head-svc:<client port> (KubeRay's head service name).
-    config = by_kind(docs, "ConfigMap")["i2x-config"]["data"]
+    config = i2x_config(docs)["data"]
     assert config["I2X_RAY_ADDRESS"] == f"ray://{cluster['metadata']['name']}-head-svc:10001"
 
     worker = spec["workerGroupSpecs"][0]
@@ -430,7 +430,7 @@ def test_network_policies_open_exactly_the_paths_i2x_uses(overlay):
         assert not allowed(policies, services["training"], store, 9001), "the console stays closed"
         assert not allowed(policies, store, Endpoint.external("198.51.100.7"), 443), "the store talks to nobody"
     else:
-        s3_port = int(by_kind(docs, "ConfigMap")["i2x-config"]["data"]["I2X_S3_ENDPOINT"].rsplit(":", 1)[1])
+        s3_port = int(i2x_config(docs)["data"]["I2X_S3_ENDPOINT"].rsplit(":", 1)[1])
         s3 = Endpoint.external("198.51.100.7")  # an address outside the cluster
         for pod in store_users:
             assert allowed(policies, pod, s3, s3_port), "services and Ray must reach the external store"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from i2x.config import SERVICES
-from k8s_manifests import (K8S, RAY_AUTH_VARS, REPO, by_kind, kubectl, ray_auth_problems,
+from k8s_manifests import (i2x_config, K8S, RAY_AUTH_VARS, REPO, by_kind, kubectl, ray_auth_problems,
                            ray_processes, render, resolved_env)
 
 pytestmark = pytest.mark.skipif(kubectl() is None,
@@ -160,7 +160,7 @@ def test_mode_from_the_configmap_is_reported_since_the_init_container_misses_it(
     """KubeRay copies only `env` into wait-gcs-ready: RAY_AUTH_MODE via envFrom (the ConfigMap)
     leaves the worker's `ray health-check` unauthenticated."""
     docs = copy.deepcopy(prod)
-    by_kind(docs, "ConfigMap")["i2x-config"]["data"]["RAY_AUTH_MODE"] = "token"
+    i2x_config(docs)["data"]["RAY_AUTH_MODE"] = "token"
     processes = ray_processes(docs, SERVICES)
     for _, container in processes:
         _drop_env(container, {"RAY_AUTH_MODE"})
