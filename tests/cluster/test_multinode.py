@@ -4,7 +4,12 @@ and killing the worker node mid-job still finishes the job (its units go to the 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))  # tinydata
 
 from rayhead import RayNode
 

@@ -5,6 +5,9 @@ finishes once Ray is back without redoing the units written before."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import os
 import secrets
 import subprocess
@@ -14,6 +17,8 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))  # tinydata
 
 from rayhead import RayNode, free_port
 from tinydata import write_tiny_npz
