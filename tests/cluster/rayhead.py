@@ -46,41 +46,47 @@ class RayNode:
     def client_address(self) -> str:
         return f"ray://127.0.0.1:{self.client_port}"
 
-    def start(self, timeout: float = 60.0) -> "RayNode":
+    def start(self, timeout: float = 120.0, tries: int = 3) -> "RayNode":
+        """Start the node and wait for `ray start` to report it up. Ray gives a raylet 30 s to
+        register (fixed in Ray): on a loaded machine that can fail, so it is tried again."""
+        for attempt in range(tries):
+            try:
+                self._launch()
+                self._wait_up(timeout)
+                return self
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+                self.kill()
+        return self
+
+    def _launch(self) -> None:
         ports = [free_port() for _ in range(6)]
         args = [_ray_binary(), "start", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
-                f"--temp-dir={self.temp}" if self.join is None else "--disable-usage-stats",
-                "--node-ip-address=127.0.0.1", f"--node-manager-port={ports[0]}",
+                "--disable-usage-stats", f"--node-manager-port={ports[0]}",
                 f"--object-manager-port={ports[1]}", f"--metrics-export-port={ports[2]}",
                 f"--dashboard-agent-listen-port={ports[3]}", f"--dashboard-agent-grpc-port={ports[4]}",
-                f"--runtime-env-agent-port={ports[5]}", "--min-worker-port=0", "--max-worker-port=0",
-                "--object-store-memory=80000000"]
+                f"--runtime-env-agent-port={ports[5]}", "--object-store-memory=80000000"]
         if self.resources:
             args.append(f"--resources={self.resources}")
         if self.join is None:
             args += ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={self.client_port}",
-                     "--include-dashboard=false"]
+                     "--include-dashboard=false", f"--temp-dir={self.temp}"]
         else:
             args += [f"--address={self.join}"]
-        self.log = open(Path(self.temp) / "ray-start.log", "ab")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self._wait_up(timeout)
-        return self
+        self._log_path = Path(self.temp) / f"ray-start-{time.monotonic_ns()}.log"
+        with open(self._log_path, "wb") as log:
+            self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
 
     def _wait_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        port = self.client_port if self.join is None else None
         while time.monotonic() < deadline:
+            text = self._log_path.read_text(errors="replace")
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited {self.proc.returncode}: "
-                                   + (Path(self.temp) / "ray-start.log").read_text()[-2000:])
-            if port is None:
-                time.sleep(3)  # a worker node: joined once `ray start` has been up a moment
+                raise RuntimeError(f"ray start exited {self.proc.returncode}: {text[-2000:]}")
+            if "Ray runtime started" in text:
                 return
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
             time.sleep(0.3)
         raise TimeoutError(f"Ray node not up within {timeout} s")
 

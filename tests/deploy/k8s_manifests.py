@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -24,17 +25,34 @@ NAMESPACES = {"dev": "i2x-dev", "prod": "i2x"}
 
 
 def kubectl() -> str | None:
-    """The kubectl to render with: $KUBECTL (to try another version), else the one on PATH."""
-    return os.environ.get("KUBECTL") or shutil.which("kubectl")
+    """The kubectl to render with: $KUBECTL (to try another version), else the one on PATH;
+    None when it is missing or its kustomize is older than v4 (no `patches`: the overlays need it)."""
+    binary = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    if binary is None:
+        return None
+    if binary not in _KUSTOMIZE_OK:
+        proc = subprocess.run([binary, "version", "--client"], capture_output=True, text=True, timeout=60)
+        match = re.search(r"Kustomize Version: v(\d+)", proc.stdout)
+        _KUSTOMIZE_OK[binary] = bool(match) and int(match.group(1)) >= 4
+    return binary if _KUSTOMIZE_OK[binary] else None
+
+
+_KUSTOMIZE_OK: dict[str, bool] = {}
 
 
 def render(path: Path) -> list[dict]:
     """`kubectl kustomize PATH` parsed; raises AssertionError with kubectl's message on failure."""
     binary = kubectl()
     proc = subprocess.run([binary, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
-    # kustomize v5 prints deprecation warnings for the v2-compatible fields on stderr: not errors.
     assert proc.returncode == 0, f"`kubectl kustomize {path}` failed:\n{proc.stderr}"
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def i2x_config(docs: list[dict]) -> dict:
+    """The generated ConfigMap i2x-config-<hash> (kustomize's configMapGenerator)."""
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap" and re.fullmatch(r"i2x-config-[a-z0-9]{10}",
+                                                                             d["metadata"]["name"])]
+    return config
 
 
 def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:

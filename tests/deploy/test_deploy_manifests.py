@@ -1,8 +1,8 @@
 """The Kubernetes manifests, rendered and checked offline: schemas of the built-in kinds, the
 RayCluster's structure, hardening, probes, images, settings, Secrets and NetworkPolicies.
 
-Renders with the kubectl on PATH (or $KUBECTL); the overlays use only kustomize fields that the
-kustomize v2 in Debian's kubectl 1.20 and kustomize v5 both read, so either renders them.
+Renders with the kubectl on PATH (or $KUBECTL), kustomize >= v4: the overlays use `resources`
+and `patches`, none of the deprecated fields.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import kubernetes_validate
 import pytest
 
 from i2x.config import SERVICE_PORTS, SERVICES, SETTINGS
-from k8s_manifests import (K8S, NAMESPACES, OVERLAYS, REPO, Endpoint, allowed, by_kind, containers,
+from k8s_manifests import (i2x_config, K8S, NAMESPACES, OVERLAYS, REPO, Endpoint, allowed, by_kind, containers,
                            kubectl, pod_templates, render, resolved_env)
 
 pytestmark = pytest.mark.skipif(kubectl() is None,
-                                reason="kubectl is missing: `make system-deps` installs Debian's kubernetes-client")
+                                reason="kubectl with kustomize >= v4 is missing (Debian 12's kubectl 1.20 is too old)")
 
 # Oldest Kubernetes the manifests target (native gRPC probes are GA in 1.27) and a recent one;
 # kubernetes-validate ships both schema sets offline.
@@ -99,7 +99,7 @@ def test_raycluster_structure(overlay):
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
 
     # The services connect to ray://<cluster>-head-svc:<client port> (KubeRay's head service name).
-    config = by_kind(docs, "ConfigMap")["i2x-config"]["data"]
+    config = i2x_config(docs)["data"]
     assert config["I2X_RAY_ADDRESS"] == f"ray://{cluster['metadata']['name']}-head-svc:10001"
 
     worker = spec["workerGroupSpecs"][0]
@@ -432,7 +432,7 @@ def test_network_policies_open_exactly_the_paths_i2x_uses(overlay):
         assert not allowed(policies, services["training"], store, 9001), "the console stays closed"
         assert not allowed(policies, store, Endpoint.external("198.51.100.7"), 443), "the store talks to nobody"
     else:
-        s3_port = int(by_kind(docs, "ConfigMap")["i2x-config"]["data"]["I2X_S3_ENDPOINT"].rsplit(":", 1)[1])
+        s3_port = int(i2x_config(docs)["data"]["I2X_S3_ENDPOINT"].rsplit(":", 1)[1])
         s3 = Endpoint.external("198.51.100.7")  # an address outside the cluster
         for pod in store_users:
             assert allowed(policies, pod, s3, s3_port), "services and Ray must reach the external store"

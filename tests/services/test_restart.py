@@ -19,6 +19,7 @@ def _checkpoint_files(tmp_path, spec: dict) -> dict:
     from i2x.models import ModelSpec, build_model, checkpoint_to_bytes
 
     files = {}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for step in range(1, N_CHECKPOINTS + 1):
         torch.manual_seed(step)
         path = tmp_path / f"{step}.safetensors"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests use when they are missing: kubectl renders the
-# kustomize overlays, chromium loads the HTML report headless. Needs root (or sudo) and apt.
+# kustomize overlays (they need kustomize >= v4, kubectl >= 1.21: Debian 12's kubernetes-client
+# 1.20 is older, and the manifest tests skip with it, saying so), chromium loads the HTML report headless. Needs root (or sudo) and apt.
 set -euo pipefail
 missing=()
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)

@@ -211,6 +211,7 @@ class WarmPool:
             log.warning("warm pool: Ray reconnected, dropping %d actors of the old connection", len(self._actors))
             self._forget()
         resources = self._connect()
+        generation = self.link.generation if self.link is not None else 0  # the connection just waited for
         self.cpus, self.gpus = raycluster.cpus_per_task(), raycluster.gpus_per_task(resources)
         self._torch_threads = _torch_threads(self.cpus)
         self._remote_cls = ray.remote(InterpretWorker).options(
@@ -257,10 +258,14 @@ class WarmPool:
 
         with self._cond:
             self._ensure()
-            self._wanting = time.monotonic()
+            self._wanting = float("inf")  # wanted until they are up
             self._grow(self.cap() - len(self._idle))
             starting = dict(self._starting)
-        ray.get(list(starting), timeout=timeout)
+        try:
+            ray.get(list(starting), timeout=timeout)
+        finally:
+            with self._cond:
+                self._wanting = time.monotonic()
         with self._cond:
             self._reap()
             return len(self._actors)
@@ -440,7 +445,13 @@ class RayFanout:
         todo = deque(int(s) for s in steps)
         self._total = len(todo)
         try:
-            yield from self._run(todo)
+            yielded = 0
+            for key in self._run(todo):
+                yielded += 1
+                yield key
+            if yielded != self._total:  # a unit lost on the way must fail the job, not go unwritten
+                raise Unavailable(f"{self._total - yielded} of {self._total} units were not interpreted; "
+                                  "start the job again (finished units are kept)", field="steps")
         finally:
             self.stop()
 
@@ -458,7 +469,8 @@ class RayFanout:
                     # Wait for an actor only when this job has nothing running (others hold them all).
                     actors = self.pool.acquire(wanted, timeout=0.0 if self._pending else POLL_SECONDS)
                     for actor in actors:
-                        self._submit(actor, todo.popleft())
+                        self._submit(actor, todo[0])  # popped once submitted: a failed call keeps it
+                        todo.popleft()
                 if not self._pending:
                     waiting_since = waiting_since or time.monotonic()
                     message = self.pool.waiting_message()
@@ -536,7 +548,12 @@ class RayFanout:
             if self._stopped:
                 self.pool.release(actor)
                 return
-            self._pending[actor.interpret.remote(self.run_id, int(step), self.params, tracing.inject())] = (actor, step)
+            try:
+                ref = actor.interpret.remote(self.run_id, int(step), self.params, tracing.inject())
+            except BaseException:
+                self.pool.release(actor)
+                raise
+            self._pending[ref] = (actor, step)
 
     def stop(self) -> None:
         """Cancel this job's refs; actors still running one of its units stay busy until it ends."""

@@ -56,6 +56,13 @@ def wait_setting(setting: str | None = None) -> float:
     return value
 
 
+def _short(error) -> str:
+    """One line for a job message: a gRPC error's details, not its repr."""
+    details = getattr(error, "details", None)
+    text = details() if callable(details) else str(error)
+    return " ".join(str(text).split())[:200]
+
+
 class RayLink:
     """One per interpretation service. listeners(connected: bool) hear every change; tickers run
     once per probe while connected (the pool releases idle actors there)."""
@@ -125,10 +132,19 @@ class RayLink:
 
     def lost(self, error: BaseException | str) -> bool:
         """A job's Ray call failed: True (and reconnecting) if the connection is gone."""
-        if self.connected and not self.alive():
-            self._drop(str(error))
+        if self.connected and (not self.alive() or self._connection_error(error)):
+            self._drop(_short(error))
         self._wake.set()
         return not self.connected
+
+    def _connection_error(self, error) -> bool:
+        """A Ray Client call that failed on its gRPC stream: the head (or the way to it) is gone,
+        even while Ray's client still tries to reconnect for its grace period."""
+        if not self.client_mode or isinstance(error, str):
+            return False
+        import grpc
+
+        return isinstance(error, (ConnectionError, grpc.RpcError)) or "Ray client" in str(error)
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -156,13 +172,27 @@ class RayLink:
             self._wake.wait(self.probe_seconds)
             self._wake.clear()
 
+    def _reachable(self) -> None:
+        """A quick TCP check of HOST:PORT first: ray.init on a ray:// address that nothing listens
+        on retries for ~30 s itself, which would stretch this link's backoff."""
+        import socket
+
+        target = self.address.removeprefix("ray://")
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            return  # 'local', 'auto': Ray finds the cluster itself
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+        except OSError as error:
+            raise Unavailable(f"nothing answers at {target} ({error.strerror or error})",
+                              field="I2X_RAY_ADDRESS") from None
+
     def _connect(self) -> None:
         import ray
 
-        if self.client_mode and ray.is_initialized() and not self.alive():
-            ray.shutdown()
-        elif self.client_mode and not ray.is_initialized() and self.generation:
-            ray.shutdown()  # forget the dead client context before a new ray.init
+        self._reachable()
+        if self.client_mode and self.generation:
+            ray.shutdown()  # forget the old client context (dead, or given up on) before a new ray.init
         raycluster.connect(self.address)
         self.generation += 1
         self.last_error = ""
