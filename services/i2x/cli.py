@@ -175,6 +175,7 @@ def add_analyze_command(sub) -> None:
     g.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH_OR_KEY",
                    help="register this checkpoint instead of training (a local file is uploaded to the "
                         "services' store); repeatable")
+    g.add_argument("--explanation-fraction", type=float, help="share of the training set explained (default 0.1)")
     g.add_argument("--overwrite", action="store_true",
                    help="recreate an existing run whose settings differ from these (its results are redone)")
     g = p.add_argument_group("stages")
@@ -272,7 +273,8 @@ def cmd_analyze(args) -> int:
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
-                progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite)
+                progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite,
+                explanation_fraction=args.explanation_fraction)
         except (JobFailed, grpc.RpcError):
             bars.close()
             if not existed and args.run_id in _safe(client.list_runs, []):

@@ -20,7 +20,7 @@ def add_demo_command(subparsers) -> None:
                     "curation, fine-tuning protocols (Table 1), figures and the HTML report.")
     parser.add_argument("--store", default=None, help="store URL or folder (default: I2X_STORE, ./i2x-data)")
     parser.add_argument("--run", default="demo-mnist5k", help="run id (default: demo-mnist5k)")
-    parser.add_argument("--preset", default="demo", help="training preset (default: demo)")
+    parser.add_argument("--preset", default=None, help="training preset (default: TRAIN's, demo)")
     parser.add_argument("--repeats", type=int, default=5, help="fine-tuning repeats per protocol (paper: 5)")
     parser.add_argument("--prototypes", type=int, default=32, help="number of prototypes M (paper: 32 on MNIST)")
     parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning protocols")
@@ -34,6 +34,11 @@ def add_demo_command(subparsers) -> None:
 
 MODEL = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size": 28}
 DATASET = {"kind": "mnist5k"}
+TRAIN = {"preset": "demo"}  # README's sample output comes from these three (tests/test_readme.py)
+
+
+def train_spec(args: argparse.Namespace) -> dict:
+    return TRAIN if args.preset is None else {**TRAIN, "preset": args.preset}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -64,7 +69,7 @@ def run_through_services(args: argparse.Namespace) -> int:
         try:
             with Client(**system.addresses, store=store.url) as client:
                 result = client.run_pipeline(
-                    args.run, model=MODEL, dataset=DATASET, train={"preset": args.preset},
+                    args.run, model=MODEL, dataset=DATASET, train=train_spec(args),
                     prototypes={"n_prototypes": args.prototypes},
                     finetune=None if args.no_finetune else {"repeats": args.repeats},
                     progress=bars, report=True)  # the explanation service stores runs/<run>/report.html
@@ -95,7 +100,7 @@ def run_in_process(args: argparse.Namespace) -> int:
     result = run_pipeline(
         store, args.run,
         model=MODEL, dataset=DATASET,
-        train={"preset": args.preset},
+        train=train_spec(args),
         prototypes=PrototypeParams(n_prototypes=args.prototypes),
         explain=ExplainParams(),
         finetune=None if args.no_finetune else FinetuneParams(repeats=args.repeats),
