@@ -275,13 +275,15 @@ def cmd_analyze(args) -> int:
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
                 progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite,
                 explanation_fraction=args.explanation_fraction)
-        except (JobFailed, grpc.RpcError):
+        except (JobFailed, grpc.RpcError) as exc:
             bars.close()
+            message, status = describe(exc)
+            print(f"i2x analyze: {message}", file=sys.stderr)
             if not existed and args.run_id in _safe(client.list_runs, []):
                 print(f"i2x analyze: run {args.run_id!r} was created before the failure: fix the cause and rerun "
                       f"the same command to resume, or remove it with `i2x runs delete {args.run_id}`",
                       file=sys.stderr)
-            raise
+            return status
         bars.close()
         table = client.load(result.finetune.markdown_key).decode() if result.finetune else None
     location = _report_location(result.report_key, info.store_url) if result.report_key else None
@@ -349,7 +351,8 @@ def _print_summary(result) -> None:
     print(f"most confused pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} = "
           f"{pair.a_to_b + pair.b_to_a} test confusions)")
     print(f"  reliable prototypes: {pair.reliable_prototypes}")
-    print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
+    removes = "nothing to curate" if pair.uncertain_prototype is None else f"curation removes P-{pair.uncertain_prototype}"
+    print(f"  uncertain prototypes: {pair.uncertain_prototypes} ({removes})")
     print(f"explanation: {result.explanation.key}")
     for note in result.notes:
         print(f"note: {note}")
@@ -386,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="i2x", description="I2X: structured explanations of image classifiers")
     parser.add_argument("--version", action="version", version=f"i2x {__version__} ({DIST})")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (env I2X_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(sub)
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is one or two lines on stderr and exit status 2, never a
     traceback (--debug shows it)."""
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get("I2X_DEBUG", "").lower() in ("1", "true", "yes")
+    debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
