@@ -88,3 +88,11 @@ def test_bad_flags_and_version(tmp_path):
 
     version = i2x("--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.strip() == f"i2x {__version__} (i2x-explain)"
+
+
+def test_a_factory_that_does_not_import_names_the_process():
+    from i2x.core.errors import InvalidArgument
+    from i2x.models import ModelSpec, build_model
+
+    with pytest.raises(InvalidArgument, match=r"this process \(pid \d+, host .+\) cannot import 'no_such_nets'"):
+        build_model(ModelSpec(arch="custom", factory="no_such_nets:build"))

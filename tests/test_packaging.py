@@ -52,8 +52,11 @@ def _isolated(paths: list[Path], code: str | None = None, script: Path | None = 
 
 
 def test_the_wheel_is_i2x_explain_with_version_license_and_typing(wheel):
+    import tomllib
+
     from i2x.client import __version__
 
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == __version__
     assert wheel.name == f"i2x_explain-{__version__}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -66,7 +69,7 @@ def test_the_wheel_is_i2x_explain_with_version_license_and_typing(wheel):
     assert "i2x/client/py.typed" in names and "i2x/cli.py" in names and "i2x_explain.py" in names
     assert not any(n == "i2x/__init__.py" for n in names)  # a namespace package: no __init__ of ours
     assert "i2x = i2x_explain:main" in scripts
-    assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
+    assert f"\n## {__version__}\n" in (ROOT / "CHANGELOG.md").read_text()
 
 
 def test_the_installed_wheel_answers_version(wheel, tmp_path):

@@ -175,6 +175,7 @@ def add_analyze_command(sub) -> None:
     g.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH_OR_KEY",
                    help="register this checkpoint instead of training (a local file is uploaded to the "
                         "services' store); repeatable")
+    g.add_argument("--explanation-fraction", type=float, help="share of the training set explained (default 0.1)")
     g.add_argument("--overwrite", action="store_true",
                    help="recreate an existing run whose settings differ from these (its results are redone)")
     g = p.add_argument_group("stages")
@@ -278,14 +279,17 @@ def cmd_analyze(args) -> int:
                 clusters=_compact(min_cluster_size=args.min_cluster_size),
                 explain=_compact(tau=args.tau, lam=args.lam, pair=args.pair),
                 finetune=_compact(repeats=args.repeats) if args.finetune else None,
-                progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite)
-        except (JobFailed, grpc.RpcError):
+                progress=bars, timeout=args.timeout, report=args.report, overwrite=args.overwrite,
+                explanation_fraction=args.explanation_fraction)
+        except (JobFailed, grpc.RpcError) as exc:
             bars.close()
+            message, status = describe(exc)
+            print(f"i2x analyze: {message}", file=sys.stderr)
             if not existed and args.run_id in _safe(client.list_runs, []):
                 print(f"i2x analyze: run {args.run_id!r} was created before the failure: fix the cause and rerun "
                       f"the same command to resume, or remove it with `i2x runs delete {args.run_id}`",
                       file=sys.stderr)
-            raise
+            return status
         bars.close()
         try:  # explanation.json itself, for the sentences of i2x.core.narrative
             explanation_doc = client.load(result.explanation.key)
@@ -362,7 +366,8 @@ def _print_summary(result, explanation_doc: dict | None = None) -> None:
             print(line)
     else:
         print(f"analysed pair: {names[0]} / {names[1]} ({pair.a_to_b} + {pair.b_to_a} test confusions)")
-        print(f"  uncertain prototypes: {pair.uncertain_prototypes} (curation removes {pair.uncertain_prototype})")
+        removes = "nothing to curate" if pair.uncertain_prototype is None else f"curation removes P-{pair.uncertain_prototype}"
+        print(f"  uncertain prototypes: {pair.uncertain_prototypes} ({removes})")
     print(f"explanation: {result.explanation.key}")
     for note in result.notes:
         print(f"note: {note}")
@@ -406,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="i2x", description="I2X: structured explanations of image classifiers")
     parser.add_argument("--version", action="version", version=f"i2x {__version__} ({DIST})")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (env I2X_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(sub)
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a user error is one or two lines on stderr and exit status 2, never a
     traceback (--debug shows it)."""
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get("I2X_DEBUG", "").lower() in ("1", "true", "yes")
+    debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 A user error (a bad flag value, a missing run, no service listening, a missing extra) prints its
 message and exits with status 2; a job that failed exits 1; anything else is a bug: one line
-and exit 1. `--debug` (or I2X_DEBUG=1) prints the traceback as well.
+and exit 1. `--debug` prints the traceback as well.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def add_demo_command(subparsers) -> None:
                     "curation, fine-tuning protocols (Table 1), figures and the HTML report.")
     parser.add_argument("--store", default=None, help="store URL or folder (default: I2X_STORE, ./i2x-data)")
     parser.add_argument("--run", default="demo-mnist5k", help="run id (default: demo-mnist5k)")
-    parser.add_argument("--preset", default="demo", help="training preset (default: demo)")
+    parser.add_argument("--preset", default=None, help="training preset (default: TRAIN's, demo)")
     parser.add_argument("--repeats", type=int, default=5, help="fine-tuning repeats per protocol (paper: 5)")
     parser.add_argument("--prototypes", type=int, default=32, help="number of prototypes M (paper: 32 on MNIST)")
     parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning protocols")
@@ -39,10 +39,11 @@ MODEL = {"arch": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size":
 DATASET = {"kind": "mnist5k", "test_fraction": 0.6}
 DEMO_TRAIN = {"epochs": 2, "checkpoint_every": 4}  # on top of the "demo" preset
 EXPLANATION_FRACTION = 0.2  # 400 explanation samples (40 per class), as with 10% of 4,000
+TRAIN = {"preset": "demo", **DEMO_TRAIN}  # README's sample output comes from these (tests/test_readme.py)
 
 
-def _train(preset: str) -> dict:
-    return {"preset": preset, **(DEMO_TRAIN if preset == "demo" else {})}
+def train_spec(args: argparse.Namespace) -> dict:
+    return TRAIN if args.preset in (None, "demo") else {"preset": args.preset}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -73,7 +74,7 @@ def run_through_services(args: argparse.Namespace) -> int:
         try:
             with Client(**system.addresses, store=store.url) as client:
                 result = client.run_pipeline(
-                    args.run, model=MODEL, dataset=DATASET, train=_train(args.preset),
+                    args.run, model=MODEL, dataset=DATASET, train=train_spec(args),
                     explanation_fraction=EXPLANATION_FRACTION,
                     prototypes={"n_prototypes": args.prototypes},
                     finetune=None if args.no_finetune else {"repeats": args.repeats},
@@ -105,7 +106,7 @@ def run_in_process(args: argparse.Namespace) -> int:
     result = run_pipeline(
         store, args.run,
         model=MODEL, dataset=DATASET,
-        train=_train(args.preset), explanation_fraction=EXPLANATION_FRACTION,
+        train=train_spec(args), explanation_fraction=EXPLANATION_FRACTION,
         prototypes=PrototypeParams(n_prototypes=args.prototypes),
         explain=ExplainParams(),
         finetune=None if args.no_finetune else FinetuneParams(repeats=args.repeats),

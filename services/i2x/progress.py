@@ -140,6 +140,7 @@ def add_output_flags(p) -> None:
                                                        "(progress, if any, goes to stderr)")
     g.add_argument("--progress", choices=("auto", "bars", "lines", "none"), default="auto",
                    help="bars in a terminal, timestamped lines otherwise (auto, the default), or none")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const="none", help="same as --progress none")
 
 
 def progress_mode(args) -> str | None:

@@ -30,7 +30,7 @@ def test_pipeline_trains_interprets_clusters_explains(stack, tiny_dataset):
     stages_seen: dict[str, list] = {}
     result = client.run_pipeline("e2e", dataset={"kind": "npz", "root": tiny_dataset},
                                  progress=lambda stage, event: stages_seen.setdefault(stage, []).append(event),
-                                 timeout=120, **PIPELINE)
+                                 timeout=120, report=False, **PIPELINE)
     # tiny preset: 48 images, batch 8 -> 6 iterations, a checkpoint every 2 -> steps 2, 4, 6
     steps = result.run.steps
     assert steps == [2, 4, 6]
@@ -74,7 +74,8 @@ def test_pipeline_trains_interprets_clusters_explains(stack, tiny_dataset):
     assert [j.kind for j in jobs] == ["interpret"]
 
     # a second run of the pipeline skips training and reuses every finished unit
-    again = client.run_pipeline("e2e", timeout=60, **{k: v for k, v in PIPELINE.items() if k != "train"})
+    again = client.run_pipeline("e2e", timeout=60, report=False,
+                                **{k: v for k, v in PIPELINE.items() if k != "train"})
     assert "train" not in again.jobs and again.run.steps == steps
 
 

@@ -69,7 +69,7 @@ def test_report_compares_with_another_run_of_the_same_store(stack, tiny_dataset)
     checkpoints = {int(c["step"]): c["key"] for c in result.run.checkpoints}
     client.create_run("rep-b", model=PIPELINE["model"], dataset={"kind": "npz", "root": tiny_dataset},
                       explanation_fraction=0.5)
-    client.run_pipeline("rep-b", checkpoints=checkpoints, timeout=120,
+    client.run_pipeline("rep-b", checkpoints=checkpoints, timeout=120, report=False,
                         **{k: v for k, v in PIPELINE.items() if k not in ("model", "train")})
     # a figure of an earlier explanation (another pair) must not outlive it
     store.put_bytes("runs/rep/figures/pair-00-01-contributions.png", PNG_SIGNATURE, "image/png")

@@ -25,7 +25,8 @@ def stack(tmp_path_factory, ray_local, tiny_dataset):
     services = start_services(store)
     with client_for(services, str(store.root)) as client:
         # tiny preset: 48 images, batch 8 -> 6 iterations, a checkpoint every 2 -> steps 2, 4, 6
-        client.run_pipeline("t", dataset={"kind": "npz", "root": tiny_dataset}, timeout=120, **PIPELINE)
+        client.run_pipeline("t", dataset={"kind": "npz", "root": tiny_dataset}, timeout=120, report=False,
+                            **PIPELINE)
         yield services, client, store
     services.stop()
 

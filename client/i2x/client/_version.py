@@ -1,3 +1,4 @@
-"""The I2X version: the one place it is written (pyproject.toml reads it through hatch)."""
+"""The I2X version (`i2x --version`, run.json's i2x_version); pyproject.toml's [project] version
+says the same (tests/test_packaging.py checks the built wheel)."""
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"

@@ -228,8 +228,10 @@ class Client:
             if service is None:
                 raise ValueError("no service address and no store: pass store='PATH' or 's3://BUCKET'")
             info = self.server_info(service)
-            options = {"endpoint": info.store_endpoint, "secure": info.store_secure} if \
-                info.store_url.startswith("s3://") else {}
+            options = {}
+            if info.store_url.startswith("s3://") and not os.environ.get("I2X_S3_ENDPOINT"):
+                # The services' endpoint; a client outside their network sets I2X_S3_ENDPOINT to its route.
+                options = {"endpoint": info.store_endpoint, "secure": info.store_secure}
             self._store = open_reader(info.store_url, **options)
         else:
             self._store = open_reader(self._store)
