@@ -199,3 +199,27 @@ def test_gallery_crop_shows_the_image_itself_beside_its_saliency():
     assert tuple(tile[20, 25]) == G.OUTLINE                       # the cell (input 12..16 -> tile 20..40)
     hot = np.round(np.asarray(G._JET(1.0))[:3] * 255)
     np.testing.assert_allclose(tile[0, 60 + G.GAP], hot, atol=1)  # the saliency tile, red where heat = 1
+
+
+def test_figures_drawn_in_worker_processes_match_those_drawn_here(store):
+    import io
+
+    from PIL import Image
+
+    from i2x.report.build import Drawing, class_figures, overview_figures
+    from i2x.report.run_data import RunData
+
+    run = RunData(store, "v1")
+
+    def rendered():
+        return overview_figures(run) + [r for c, info in sorted(run.explanation.classes.items())
+                                        for r in class_figures(run, info)]
+
+    here, there = rendered(), rendered()
+    Drawing(here, workers=1).start().finish()
+    drawing = Drawing(there, workers=2).start()
+    assert drawing.pool is not None  # the parallel path really ran
+    drawing.finish()
+    for a, b in zip(here, there):
+        assert a.spec is None and b.spec is None
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(a.png))), np.asarray(Image.open(io.BytesIO(b.png))))
