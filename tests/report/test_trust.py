@@ -85,11 +85,15 @@ def test_schema_1_fallback_pair_is_not_called_the_most_confused(tmp_path):
     doc = store.get_json("runs/old/explanation/explanation.json")
     confused = doc["most_confused_pair"]
     # schema 1's fallback: the analysed pair is in most_confused_pair, the more confused one in skipped
-    confused.update(source="confusion-fallback", skipped=[{"a": 0, "b": 2, "count": 31}])
+    C = store.get_npz("runs/old/evaluation/final.npz")["confusion"]
+    count = int(C[0, 2] + C[2, 0])
+    confused.update(source="confusion-fallback", skipped=[{"a": 0, "b": 2, "count": count}])
     store.put_json("runs/old/explanation/explanation.json", doc)
     html = build_report(store, "old", workers=1)
     overview = section(html, "overview")
-    assert f"<th>Most confused pair</th><td>{name(0)} / {name(2)}: 31 test confusions</td>" in overview
+    # schema 1 keeps only the count of a skipped pair: the directions come from the confusion matrix
+    assert (f"<th>Most confused pair</th><td>{name(0)} / {name(2)}: {count} test confusion{'s' if count != 1 else ''} "
+            f"({C[0, 2]} {name(0)}&rarr;{name(2)}, {C[2, 0]} {name(2)}&rarr;{name(0)})") in overview
     assert "not the most confused pair: the more confused pairs have no uncertain prototype" in overview
     assert ("This explanation was written before the sanity checks existed (no <code>warnings</code> in "
             "explanation.json): nothing was checked; re-run the explanation stage.") in html
