@@ -37,8 +37,9 @@ import i2x.report, i2x.report.html, i2x.report.build
 from i2x.storage import LocalStore
 from i2x.report import build_report
 store = LocalStore(sys.argv[1])
+kwargs = {"workers": int(sys.argv[3])} if len(sys.argv) > 3 else {}
 start, cpu = time.perf_counter(), time.process_time()
-html = build_report(store, sys.argv[2])
+html = build_report(store, sys.argv[2], **kwargs)
 print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "bytes": len(html.encode()),
                   "module": i2x.report.__file__}))
 """
@@ -57,11 +58,12 @@ def old_tree(ref: str, into: Path) -> Path:
     return into
 
 
-def run_child(store_copy: Path, run_id: str, pythonpath: Path | None) -> dict:
+def run_child(store_copy: Path, run_id: str, pythonpath: Path | None, workers: int | None = None) -> dict:
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    out = subprocess.run([sys.executable, "-c", CHILD, str(store_copy), run_id], capture_output=True, text=True,
+    extra = [str(workers)] if workers is not None else []
+    out = subprocess.run([sys.executable, "-c", CHILD, str(store_copy), run_id, *extra], capture_output=True, text=True,
                          env=env, cwd=tempfile.gettempdir())
     if out.returncode != 0:
         raise SystemExit(f"report build failed ({'old' if pythonpath else 'new'}):\n{out.stderr[-3000:]}")
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of the old implementation")
     parser.add_argument("--repeats", type=int, default=1, help="rounds (each: one old and one new build)")
     parser.add_argument("--no-baseline", action="store_true", help="time today's implementation only")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="today's build_report(workers=N); 1: every figure in the timed process, so its CPU "
+                             "time is the whole work (default: the library's choice)")
     parser.add_argument("--quick", action="store_true", help="a small synthetic run if the store has no such run; "
                                                              "today's implementation only")
     args = parser.parse_args()
@@ -112,7 +117,8 @@ def main() -> None:
                 if side == "old" and not baseline:
                     continue
                 copy = copy_run(store, run_id, tmp / f"{side}-{r}")
-                result = run_child(copy, run_id, old_path if side == "old" else None)
+                result = run_child(copy, run_id, old_path if side == "old" else None,
+                                   None if side == "old" else args.workers)
                 times[side].append(result["seconds"])
                 cpu[side].append(result["cpu"])
                 sizes[side] = result["bytes"]
@@ -121,7 +127,7 @@ def main() -> None:
         new = statistics.median(times["new"])
         print(f"\nreport build of {run_id!r} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}):")
         print(f"  new (this tree):          {new:.2f} s, {statistics.median(cpu['new']):.2f} s CPU "
-              f"(median of {len(times['new'])}), "
+              f"(median of {len(times['new'])}{', workers=' + str(args.workers) if args.workers else ''}), "
               f"{sizes['new'] / 1e6:.1f} MB")
         if times["old"]:
             old = statistics.median(times["old"])

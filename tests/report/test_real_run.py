@@ -64,3 +64,32 @@ def test_pipeline_report_on_a_real_run(tiny_run, output_dir):
     for key in figures:
         if key.endswith(("confusion.png", "class-07-timeline.png", "gallery-01.png")) or "contributions" in key:
             (output_dir / key.rsplit("/", 1)[1]).write_bytes(store.get_bytes(key))
+
+
+def test_misclassified_test_images_of_the_analysed_pair(tiny_run):
+    from i2x.report.misclassified import _final_features, assign_to_prototypes
+    from i2x.report.run_data import RunData
+
+    store, _ = tiny_run
+    html = store.get_bytes("runs/tiny/report.html").decode()
+    explanation = store.get_json("runs/tiny/explanation/explanation.json")
+    a, b = explanation["pair_analysis"]["a"], explanation["pair_analysis"]["b"]
+    names = explanation["classes"]
+    final = store.get_npz("runs/tiny/evaluation/final.npz")
+    pair = html.split('id="pair"', 1)[1].split("</section>", 1)[0]
+    assert "<h3>Its misclassified test images</h3>" in pair
+    for true, predicted in ((a, b), (b, a)):
+        n = int(((final["labels"] == true) & (final["predictions"] == predicted)).sum())
+        if n:
+            assert (f"{n} test image{'s' if n != 1 else ''} of &lsquo;{names[true]}&rsquo; predicted as "
+                    f"&lsquo;{names[predicted]}&rsquo;") in pair
+        else:
+            assert (f"No test image of &lsquo;{names[true]}&rsquo; is predicted as "
+                    f"&lsquo;{names[predicted]}&rsquo;.") in pair
+    # The test images' maps are made the way the clustering stage made the stored ones: projecting
+    # the explanation images again gives back (nearly all of) their stored assignment maps.
+    run = RunData(store, "tiny")
+    features, _, _ = _final_features(run, run.explanation_images)
+    stored = store.get_npz("runs/tiny/clustering/prototypes.npz")
+    maps = assign_to_prototypes(features, stored["pca_components"], stored["pca_mean"], stored["centroids"])
+    assert (maps == stored["assignments"]).mean() > 0.99

@@ -85,11 +85,15 @@ def test_schema_1_fallback_pair_is_not_called_the_most_confused(tmp_path):
     doc = store.get_json("runs/old/explanation/explanation.json")
     confused = doc["most_confused_pair"]
     # schema 1's fallback: the analysed pair is in most_confused_pair, the more confused one in skipped
-    confused.update(source="confusion-fallback", skipped=[{"a": 0, "b": 2, "count": 31}])
+    C = store.get_npz("runs/old/evaluation/final.npz")["confusion"]
+    count = int(C[0, 2] + C[2, 0])
+    confused.update(source="confusion-fallback", skipped=[{"a": 0, "b": 2, "count": count}])
     store.put_json("runs/old/explanation/explanation.json", doc)
     html = build_report(store, "old", workers=1)
     overview = section(html, "overview")
-    assert f"<th>Most confused pair</th><td>{name(0)} / {name(2)}: 31 test confusions</td>" in overview
+    # schema 1 keeps only the count of a skipped pair: the directions come from the confusion matrix
+    assert (f"<th>Most confused pair</th><td>{name(0)} / {name(2)}: {count} test confusion{'s' if count != 1 else ''} "
+            f"({C[0, 2]} {name(0)}&rarr;{name(2)}, {C[2, 0]} {name(2)}&rarr;{name(0)})") in overview
     assert "not the most confused pair: the more confused pairs have no uncertain prototype" in overview
     assert ("This explanation was written before the sanity checks existed (no <code>warnings</code> in "
             "explanation.json): nothing was checked; re-run the explanation stage.") in html
@@ -199,3 +203,75 @@ def test_gallery_crop_shows_the_image_itself_beside_its_saliency():
     assert tuple(tile[20, 25]) == G.OUTLINE                       # the cell (input 12..16 -> tile 20..40)
     hot = np.round(np.asarray(G._JET(1.0))[:3] * 255)
     np.testing.assert_allclose(tile[0, 60 + G.GAP], hot, atol=1)  # the saliency tile, red where heat = 1
+
+
+def test_figures_drawn_in_worker_processes_match_those_drawn_here(store):
+    import io
+
+    from PIL import Image
+
+    from i2x.report.build import Drawing, class_figures, overview_figures
+    from i2x.report.run_data import RunData
+
+    run = RunData(store, "v1")
+
+    def rendered():
+        return overview_figures(run) + [r for c, info in sorted(run.explanation.classes.items())
+                                        for r in class_figures(run, info)]
+
+    here, there = rendered(), rendered()
+    Drawing(here, workers=1).start().finish()
+    drawing = Drawing(there, workers=2).start()
+    assert len(drawing.jobs) == 2  # the parallel path really ran: two worker processes
+    drawing.finish()
+    assert drawing.drawn_by_workers == len(there)
+    for a, b in zip(here, there):
+        assert a.spec is None and b.spec is None
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(a.png))), np.asarray(Image.open(io.BytesIO(b.png))))
+
+
+def test_key_checkpoints_are_listed_under_the_figure_with_support(store, v1):
+    doc = store.get_json("runs/v1/explanation/explanation.json")
+    steps = doc["pair_steps"] + [200]  # the synthetic run's checkpoints: 0, 40, ..., 200
+    for entry in doc["per_class"]:
+        c = entry["class"]
+        listing = section(v1, f"class-{c:02d}").split('<ol class="keys">', 1)[1].split("</ol>", 1)[0]
+        items = listing.split("</li>")[:-1]
+        assert len(items) == len(entry["key_checkpoints"])
+        for item, key in zip(items, entry["key_checkpoints"]):
+            nxt = steps[steps.index(key["step"]) + 1]
+            assert f"<li>step {key['step']}&rarr;{nxt}: " in item
+            # drivers with opponents first, the strongest first: the first one shown
+            first = sorted(key["prototypes"], key=lambda d: (not d["separates_from"], -abs(d["weight"])))[0]
+            pct = f"{100 * presence_by_hand(store, 'v1', c, first['prototype']):.0f}%"
+            if first["separates_from"]:
+                against = ", ".join(name(o["class"]) for o in first["separates_from"])
+                assert f">P-{first['prototype']}</a> separates {name(c)} from {against} (in {pct} of {name(c)})" in item
+            else:
+                assert f">P-{first['prototype']}</a> moves {name(c)} alone (in {pct} of {name(c)})" in item
+
+
+def test_gallery_rows_say_how_many_images_hold_each_prototype(store, v1):
+    maps = store.get_npz("runs/v1/clustering/prototypes.npz")["assignments"]
+    gallery = section(v1, "gallery")
+    for m in range(int(maps.max()) + 1):
+        n = int((maps == m).any(axis=(1, 2)).sum())
+        assert re.search(rf'<tr id="proto-{m}"><th>.*?in {n} of {len(maps)} images</span>', gallery)
+    assert "left, the input around one feature-map position assigned to the prototype" in gallery
+
+
+def test_a_class_wiped_out_by_curation_is_flagged_and_no_warning_is_said_plainly(tmp_path):
+    store = LocalStore(tmp_path)
+    doc = write_synthetic_run(store, "w", schema=2, finetune=False)
+    doc["warnings"] = []
+    summary = doc["curation"]["scopes"][doc["curation"]["scope"]]
+    counts = doc["samples_per_class"]
+    summary["removed_per_class"][2] = counts[2]  # every '2' sample removed
+    store.put_json("runs/w/explanation/explanation.json", doc)
+    html = build_report(store, "w", workers=1)
+    wiped = [c for c, n in enumerate(summary["removed_per_class"]) if n and n >= counts[c]]
+    assert ('<span class="warn">Every sample of ' + ", ".join(name(c) for c in wiped)
+            + " was removed: fine-tuning on the curated set never sees that class.</span>") in html
+    assert ("No sanity warning: accuracy, checkpoints, test confusions of the pair, HDBSCAN noise and samples per "
+            "class passed the checks of docs/EXPLANATION.md.") in html
+    assert 'class="banner"' not in html

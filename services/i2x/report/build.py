@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,47 +41,65 @@ def _draw_spec(spec: tuple) -> bytes:
 
 class Drawing:
     """Draw pending matplotlib figures. Drawing is most of a report's time, so with several
-    figures and CPUs it runs in worker processes (forkserver: safe beside gRPC threads), each
-    figure rebuilt there from its plain arrays, while the caller goes on (galleries, HTML);
-    serially when workers=1 or a pool cannot start. start() then finish()."""
+    figures and CPUs it runs in worker processes (`python -m i2x.report._draw_worker`, fresh
+    interpreters: safe beside gRPC threads and in scripts without a __main__ guard), each figure
+    rebuilt there from its plain arrays, while the caller goes on (galleries, HTML); serially when
+    workers=1 or a worker fails. start() then finish()."""
 
     def __init__(self, rendered: list[Rendered], workers: int | None = None):
         self.pending = [r for r in rendered if r.spec is not None]
         if workers is None:
             workers = min(os.cpu_count() or 1, MAX_WORKERS, len(self.pending) // FIGURES_PER_WORKER)
-        self.workers = workers
-        self.pool = None
-        self.futures = []
+        self.workers = min(workers, len(self.pending))
+        self.jobs: list[tuple[list[Rendered], object, object]] = []  # (figures, process, writer thread)
+        self.drawn_by_workers = 0
 
     def start(self) -> "Drawing":
-        if self.workers > 1:
-            try:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
+        if self.workers <= 1 or not sys.executable:
+            return self
+        import pickle
+        import subprocess
+        import threading
 
-                self.pool = ProcessPoolExecutor(max_workers=self.workers,
-                                                mp_context=multiprocessing.get_context("forkserver"))
-                self.futures = [self.pool.submit(_draw_spec, r.spec) for r in self.pending]
-            except Exception:  # noqa: BLE001 - no pool (sandbox, no /dev/shm): finish() draws here
-                self._close()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        for k in range(self.workers):
+            chunk = self.pending[k::self.workers]
+            try:
+                process = subprocess.Popen([sys.executable, "-m", "i2x.report._draw_worker"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            except OSError:  # cannot start a process here: finish() draws what is left
+                break
+            payload = pickle.dumps([r.spec for r in chunk], protocol=pickle.HIGHEST_PROTOCOL)
+
+            def feed(process=process, payload=payload):
+                try:
+                    process.stdin.write(payload)
+                    process.stdin.close()
+                except OSError:
+                    pass
+
+            writer = threading.Thread(target=feed, daemon=True)
+            writer.start()
+            self.jobs.append((chunk, process, writer))
         return self
 
     def finish(self) -> None:
-        try:
-            for r, future in zip(self.pending, self.futures):
-                r.png, r.spec = future.result(), None
-        except Exception:  # noqa: BLE001 - a worker died: draw what is left here
-            pass
-        finally:
-            self._close()
+        import pickle
+
+        for chunk, process, writer in self.jobs:
+            try:
+                output = process.stdout.read()
+                writer.join()
+                if process.wait() == 0:
+                    for r, png in zip(chunk, pickle.loads(output)):
+                        r.png, r.spec = png, None
+                        self.drawn_by_workers += 1
+            except Exception:  # noqa: BLE001 - a worker failed: its figures are drawn here below
+                process.kill()
+        self.jobs = []
         for r in self.pending:
             if r.spec is not None:
                 r.png, r.spec = _draw_spec(r.spec), None
-
-    def _close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool, self.futures = None, []
 
 
 def draw(rendered: list[Rendered], workers: int | None = None) -> None:

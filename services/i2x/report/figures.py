@@ -1,4 +1,4 @@
-"""The paper's figures (DESIGN.md 1.11), one function per figure, from plain arrays.
+"""The paper's figures (Fig. 3-9), one function per figure, from plain arrays.
 
 Each function returns a matplotlib Figure built without pyplot (no global state, safe in
 threads); `to_png` renders it with the Agg backend. Prototypes are named `P-m`, classes by the

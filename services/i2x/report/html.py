@@ -168,8 +168,12 @@ def most_confused_text(run: RunData) -> str | None:
     most = run.explanation.most_confused if run.explanation else None
     if most is None:
         return None
+    a_to_b, b_to_a = most.a_to_b, most.b_to_a
+    if (a_to_b is None or b_to_a is None) and run.has("evaluation", "final.npz"):
+        # schema 1 records only the count of a pair it passed over: the directions are in the matrix
+        a_to_b, b_to_a = int(run.confusion[most.a, most.b]), int(run.confusion[most.b, most.a])
     text = (f"{q(run.name(most.a))} / {q(run.name(most.b))}: "
-            + pair_counts(run, most.a, most.b, most.count, most.a_to_b, most.b_to_a))
+            + pair_counts(run, most.a, most.b, most.count, a_to_b, b_to_a))
     ties = tied_pairs(run, most)
     if ties:
         text += ("; tied with " + ", ".join(f"{q(run.name(a))} / {q(run.name(b))}" for a, b in ties)

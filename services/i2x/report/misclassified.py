@@ -56,8 +56,13 @@ def _final_features(run: RunData, images: np.ndarray):
     meta = run.meta
     spec = ModelSpec.from_dict(meta["model"])
     model = build_model(spec)
+    # the checkpoint the prototypes were fitted on (clustering/prototypes.json), else the last one
     step = run.interpretation_steps[-1]
-    state, _ = checkpoint_from_bytes(run.store.get_bytes(run.key("checkpoints", f"step-{step:06d}.safetensors")))
+    if run.has("clustering", "prototypes.json"):
+        step = int(run.store.get_json(run.key("clustering", "prototypes.json")).get("step", step))
+    key = next((c.get("key") for c in run.checkpoints if int(c.get("step", -1)) == step and c.get("key")),
+               run.key("checkpoints", f"step-{step:06d}.safetensors"))
+    state, _ = checkpoint_from_bytes(run.store.get_bytes(key))
     load_weights(model, state)
     model.eval()
     x = to_tensor(images, meta["mean"], meta["std"])
