@@ -20,6 +20,56 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 WAIT = 90
 
 
+# Fixtures live here, not in a conftest.py: tests/services imports its conftest by module name.
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return _tinydata().write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+@pytest.fixture
+def own_s3():
+    """A moto S3 server of this test alone, which the test may stop (an outage) and restart
+    (moto keeps its buckets in process memory, so the objects are still there after)."""
+    from moto.server import ThreadedMotoServer
+
+    from s3server import ACCESS_KEY, SECRET_KEY, _free_port
+    from i2x.storage.s3 import S3Store
+
+    port = _free_port()
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)]
+    servers[0].start()
+
+    class OwnS3:
+        store = S3Store(endpoint=f"127.0.0.1:{port}", bucket="i2x-faults", access_key=ACCESS_KEY,
+                        secret_key=SECRET_KEY, secure=False, region="us-east-1")
+
+        @staticmethod
+        def stop():
+            servers[-1].stop()
+
+        @staticmethod
+        def restart():
+            servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+            servers[-1].start()
+
+    yield OwnS3
+    servers[-1].stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray, kept for the session: tests/services' ray_local then reuses it."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 def _tinydata():
     import importlib.util
     from pathlib import Path

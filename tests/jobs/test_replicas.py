@@ -129,7 +129,9 @@ def test_a_crashed_replicas_job_is_taken_over_by_a_live_one(replicas, store):
     resumed_gate = threading.Event()
     resumed_gate.set()
     b.start_recovery(lambda record: gated_job(tracker, resumed_gate))
+    # wait() returns once the final state is stored (get() shows it as soon as it is decided)
     assert wait_for(lambda: b.get(job.job_id).state == "SUCCEEDED")
+    assert b.wait(job.job_id, timeout=WAIT).state == "SUCCEEDED"
     final = JobRecord.from_dict(store.get_json(b.key(job.job_id)))
     assert final.owner == b.owner and final.result == {"by": "gated"}
     assert final.message == "done" and final.artifacts == []

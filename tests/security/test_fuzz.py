@@ -29,6 +29,20 @@ JSON_VALUES = ["[" * 100_000, '{"a":' * 5000, "not json", '{"no_such_option": 1}
                "{" + '"k":1,' * 1 + '"z": "' + "x" * 3_000_000 + '"}']
 
 
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """The services' tiny dataset (tests/services/tinydata.py), loaded by path: a conftest.py here
+    would shadow tests/services' own, which its tests import by module name."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "services" / "tinydata.py"
+    spec = importlib.util.spec_from_file_location("i2x_tests_tinydata", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
 def start_services(store, **kwargs):
     from i2x.servicers import ServicesInThread
 
