@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 MAX_LINES = 8           # prototypes drawn in one evolution figure
 GALLERY_PAGE = 16       # prototype rows per stored gallery file
 GALLERY_ROWS_PER_CLASS = 12
-MAX_WORKERS = 4         # processes drawing figures in parallel (at most one per CPU)
+MAX_WORKERS = 4         # processes drawing figures in parallel (at most one per 2 CPUs)
 FIGURES_PER_WORKER = 4  # fewer pending figures than this per worker: not worth a process
 CLASS_PATCHES = 4       # crops per row in a class's own gallery (the full gallery has 6)
 EVENTS_PER_KEY = 3      # driving prototypes annotated per key checkpoint in the timeline
@@ -49,7 +49,9 @@ class Drawing:
     def __init__(self, rendered: list[Rendered], workers: int | None = None):
         self.pending = [r for r in rendered if r.spec is not None]
         if workers is None:
-            workers = min(os.cpu_count() or 1, MAX_WORKERS, len(self.pending) // FIGURES_PER_WORKER)
+            # Half the CPUs: a worker costs an interpreter and matplotlib's import (about 0.8 s of CPU),
+            # which on 2 shared cores was measured to lose more than it gains (bench/README.md).
+            workers = min((os.cpu_count() or 1) // 2, MAX_WORKERS, len(self.pending) // FIGURES_PER_WORKER)
         self.workers = min(workers, len(self.pending))
         self.jobs: list[tuple[list[Rendered], object, object]] = []  # (figures, process, writer thread)
         self.drawn_by_workers = 0
