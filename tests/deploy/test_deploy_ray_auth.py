@@ -177,7 +177,7 @@ def test_a_declared_init_container_in_a_ray_pod_without_the_token_is_reported(pr
     nothing from the Ray container's env."""
     docs = copy.deepcopy(prod)
     worker = by_kind(docs, "RayCluster")["i2x-ray"]["spec"]["workerGroupSpecs"][0]["template"]["spec"]
-    worker["initContainers"] = [{"name": "wait-gcs", "image": "i2x/ray-worker:0.2.0",
+    worker["initContainers"] = [{"name": "wait-gcs", "image": "i2x/ray-worker:0.1.0",
                                  "command": ["ray", "health-check"]}]
     assert sorted(ray_auth_problems(docs, SERVICES)) == [
         "RayCluster/i2x-ray/gpu-workers/wait-gcs: RAY_AUTH_MODE is missing",
