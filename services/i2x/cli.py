@@ -243,6 +243,9 @@ def cmd_analyze(args) -> int:
     from i2x.v1 import common_pb2
 
     checkpoints = _checkpoint_sources(args.checkpoint)  # before anything is contacted or created
+    from i2x.integrations.cli import mlflow_precheck
+
+    mlflow_precheck(args, checkpoints)  # --from-mlflow: MLflow is checked before the services
     overrides = _compact(token=args.token, **{s: getattr(args, s) for s in config.SERVICES if getattr(args, s)})
     if args.endpoint:
         overrides.update({s: f"{args.endpoint}:{config.SERVICE_PORTS[s]}" for s in config.SERVICES

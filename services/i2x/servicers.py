@@ -209,7 +209,10 @@ def explain_params(message: common_pb2.ExplainParams, n_classes: int | None = No
         known = explain_extra_keys()
         unknown = sorted(set(extra) - set(known))
         if unknown:
-            raise InvalidArgument(f"unknown keys {[quote(k) for k in unknown[:5]]}; valid keys are {sorted(known)}",
+            # The valid keys, in short: the whole list (docs/METHOD.md) would make the error too long to quote.
+            names = sorted(known)
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more (docs/METHOD.md)" if len(names) > 8 else "")
+            raise InvalidArgument(f"unknown keys {[quote(k) for k in unknown[:5]]}; valid keys include {shown}",
                                   field="params.extra_json")
         for name, value in extra.items():
             _check_extra_value(name, value, known[name])

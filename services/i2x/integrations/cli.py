@@ -19,6 +19,26 @@ def add_analyze_flags(p) -> None:
     g.add_argument("--mlflow-experiment", default=None, help="experiment --mlflow logs to (default: i2x)")
 
 
+def mlflow_precheck(args, checkpoints: dict) -> None:
+    """With --from-mlflow: refuse a bad URI, or one without checkpoints, before any service is
+    contacted or anything is created (only MLflow is read here)."""
+    uri = getattr(args, "from_mlflow", None)
+    if not uri:
+        return
+    if checkpoints:
+        sys.exit("i2x analyze: give --checkpoint or --from-mlflow, not both")
+    from i2x.core.errors import I2XError
+
+    try:
+        from i2x.integrations.mlflow import find_checkpoints
+
+        find_checkpoints(uri, tracking_uri=args.mlflow_tracking_uri)
+    except ImportError:
+        sys.exit("i2x analyze: --from-mlflow needs the mlflow package: pip install 'i2x-explain[mlflow]'")
+    except I2XError as exc:
+        sys.exit(f"i2x analyze: --from-mlflow {uri}: {exc.message}")
+
+
 def mlflow_checkpoints(args, client, checkpoints: dict) -> dict:
     """With --from-mlflow: the MLflow run's checkpoints copied into the store, {step: key}."""
     uri = getattr(args, "from_mlflow", None)
