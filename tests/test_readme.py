@@ -26,36 +26,30 @@ def readme_sample() -> str:
 
 def test_the_readme_sample_is_a_block_with_the_demo_summary():
     sample = readme_sample()
-    for needle in ("Results folder:", "final test accuracy", "most confused pair:", "| protocol |", "Report:"):
+    for needle in ("Results folder:", "final test accuracy", "Most confused pair on the test split:", "| protocol |",
+                   "Report:"):
         assert needle in sample, needle
 
 
-def test_the_readme_summary_lines_are_what_the_demo_prints_for_their_numbers(tmp_path, capsys):
-    """The demo's own print_summary, fed the README's numbers, prints the README's lines: a change
-    of the demo's wording (or of the README) fails here at once."""
-    from i2x import demo
-    from i2x.storage import LocalStore
+HEADLINE = re.compile(r"Most confused pair on the test split: '(\S+)' / '(\S+)', (\d+) test confusions "
+                      r"\((\d+) '\S+' predicted as '\S+', (\d+) '\S+' as '\S+'\)(; tied on count with another pair, "
+                      r"ranked first by the (.+?))?\.$")
+
+
+def test_the_readme_headline_is_what_the_demo_prints_for_its_numbers():
+    """The demo prints i2x.core.narrative's headline: fed the README's numbers, it must give the
+    README's line exactly, so a change of wording (or of the README) fails here at once."""
+    from i2x.core.narrative import headline
 
     sample = readme_sample()
-    accuracy = re.search(r"final test accuracy ([\d.]+)% over (\d+) checkpoints", sample)
-    pair = re.search(r"most confused pair: (\S+) / (\S+) \((\d+) \+ (\d+) = (\d+) test confusions\)", sample)
-    uncertain = re.search(r"uncertain prototype: P-(\d+)", sample)
-    assert accuracy and pair and uncertain, REFRESH.format("(the sample's lines no longer parse)")
-    classes = [pair.group(1), pair.group(2)]  # print_summary names only the pair's two classes
-    store = LocalStore(tmp_path)
-    store.put_json("runs/demo/run.json", {"run_id": "demo", "classes": classes})
-    store.put_json("runs/demo/checkpoints/index.json", {
-        "accuracy": float(accuracy.group(1)) / 100,
-        "checkpoints": [{"step": s, "key": f"k{s}"} for s in range(int(accuracy.group(2)))]})
-    store.put_json("runs/demo/explanation/explanation.json", {
-        "most_confused_pair": {"a": classes.index(pair.group(1)), "b": classes.index(pair.group(2)),
-                               "a_to_b": int(pair.group(3)), "b_to_a": int(pair.group(4)),
-                               "count": int(pair.group(5))},
-        "uncertain_prototype": int(uncertain.group(1))})
-    demo.print_summary(store, "demo", 1.0, {})
-    printed = [line for line in capsys.readouterr().out.splitlines()
-               if line.strip() and not line.startswith(("Results folder:", "Report:", "Done in"))]
-    assert printed and all(line in sample.splitlines() for line in printed), REFRESH.format("\n".join(printed))
+    line = next((line.strip() for line in sample.splitlines() if "Most confused pair" in line), "")
+    found = HEADLINE.match(line)
+    assert found, REFRESH.format("(the sample's pair line no longer parses)")
+    a, b, count, a_to_b, b_to_a, _, tie = found.groups()
+    pair = {"names": [a, b], "count": int(count), "a_to_b": int(a_to_b), "b_to_a": int(b_to_a),
+            "source": "confusion", "tie_break": tie}
+    assert headline({"most_confused_pair": pair}) == line, REFRESH.format(headline({"most_confused_pair": pair}))
+    assert re.search(r"^  final test accuracy [\d.]+% over \d+ checkpoints$", sample, re.M), REFRESH.format("")
 
 
 @pytest.mark.slow

@@ -73,7 +73,9 @@ def test_off_a_terminal_plain_lines_in_a_terminal_bars_and_json_for_scripts(serv
     assert progress and all(re.match(r"\d\d:\d\d:\d\d \w+ ", line) for line in progress), progress
     for stage in ("train", "interpret", "prototypes", "clusters", "explain"):
         assert any(re.match(rf"\S+ {stage} succeeded in \d+\.\d s", line) for line in progress), (stage, progress)
-    assert re.search(r"most confused pair: 1 / 2 \(\d+ \+ \d+ = \d+ test confusions\)", first.stdout), first.stdout
+    # the summary is i2x.core.narrative's: the true most confused pair, then the pair asked for
+    assert re.search(r"Most confused pair on the test split: '\d' / '\d', \d+ test confusions", first.stdout), first.stdout
+    assert re.search(r"Analysed pair: '1' / '2' \(\d+ test confusions\), the pair you asked for", first.stdout), first.stdout
 
     status, screen = in_pty(analyze("cli", tiny_dataset), env, tmp_path)  # resumes: every stage is done
     assert status == 0, screen
