@@ -221,6 +221,8 @@ class ServiceCollector:
         size = GaugeMetricFamily("i2x_ray_pool_actors", "actors in the warm Ray pool", labels=["service"])
         idle = GaugeMetricFamily("i2x_ray_pool_idle_actors", "pool actors waiting for a unit", labels=["service"])
         busy = GaugeMetricFamily("i2x_ray_pool_busy_actors", "pool actors running a unit", labels=["service"])
+        starting = GaugeMetricFamily("i2x_ray_pool_starting_actors", "pool actors created whose process is not "
+                                     "up yet (pending for resources, or booting)", labels=["service"])
         waiting = GaugeMetricFamily("i2x_ray_units_waiting", "units of running interpretation jobs that "
                                     "wait for an actor (resources)", labels=["service"])
         with self._lock:
@@ -245,8 +247,9 @@ class ServiceCollector:
             size.add_metric([service], stats["size"])
             idle.add_metric([service], stats["idle"])
             busy.add_metric([service], stats["busy"])
+            starting.add_metric([service], stats.get("starting", 0))
             waiting.add_metric([service], stats["waiting"])
-        yield from (jobs, size, idle, busy, waiting)
+        yield from (jobs, size, idle, busy, starting, waiting)
 
 
 def _job_records(manager) -> list:
@@ -267,7 +270,7 @@ def _job_records(manager) -> list:
 
 
 def pool_stats(pool) -> dict:
-    """{"size", "idle", "busy"} (and "waiting" when the pool knows it) of a warm pool.
+    """{"size", "idle", "busy"} (and "starting", "waiting" when the pool knows them) of a warm pool.
 
     A pool with a stats() method that returns such a dict is read through it; otherwise
     its _actors, _idle and _draining attributes are read; no pool (not created yet) is zeros."""
@@ -278,8 +281,9 @@ def pool_stats(pool) -> dict:
             stats = dict(pool.stats())
             size, idle = int(stats.get("size", 0)), int(stats.get("idle", 0))
             out = {"size": size, "idle": idle, "busy": int(stats.get("busy", size - idle))}
-            if "waiting" in stats:
-                out["waiting"] = int(stats["waiting"])
+            for key in ("starting", "waiting"):
+                if key in stats:
+                    out[key] = int(stats[key])
             return out
         lock = getattr(pool, "_cond", None) or threading.Lock()
         with lock:

@@ -188,6 +188,15 @@ class WarmPool:
         with self._cond:
             return len(self._actors) - len(self._starting)
 
+    def stats(self) -> dict:
+        """What the metrics read: {"size", "idle", "busy", "starting"}. size counts the actors whose
+        process is up (idle + busy); busy ones run a unit (a cancelled job's included); starting
+        ones (created, process not up, maybe pending for resources) are counted apart."""
+        with self._cond:
+            starting = len(self._starting)
+            size, idle = len(self._actors) - starting, len(self._idle)
+            return {"size": size, "idle": idle, "busy": max(0, size - idle), "starting": starting}
+
     def _connect(self) -> dict:
         if self.link is None:
             return raycluster.connect()
@@ -248,9 +257,14 @@ class WarmPool:
 
     def _grow(self, wanted: int) -> None:
         """Start actors for `wanted` units that found none idle, up to the cap."""
-        room = self.cap() - len(self._actors)
-        for _ in range(max(0, min(wanted - len(self._starting), room))):
+        cap = self.cap()
+        count = max(0, min(wanted - len(self._starting), cap - len(self._actors)))
+        for _ in range(count):
             self._new_actor()
+        if count:
+            log.info("warm pool: starting %d interpretation actor%s (%s CPU, %s GPU each), %d of at most %d",
+                     count, "s" if count > 1 else "", _amount(self.cpus), _amount(self.gpus),
+                     len(self._actors), cap)
 
     def warm(self, timeout: float | None = 120.0) -> int:
         """Start actors up to the cap now and wait until each process is up; returns the pool size."""
