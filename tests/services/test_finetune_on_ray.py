@@ -79,7 +79,10 @@ def test_fanout_whose_tasks_cannot_start_fails_naming_the_resources(setting, ray
         def ready(self):
             return True
 
-    blocker = Blocker.options(num_cpus=int(ray_local.available_resources().get("CPU", 0))).remote()
+    # Every CPU of the cluster, held: ready only once all are free. available_resources() read right
+    # after the previous test can still count a CPU its Ray tasks held (1 of 2), and a blocker of
+    # that size left a CPU on which a fine-tuning task then started.
+    blocker = Blocker.options(num_cpus=int(ray_local.cluster_resources().get("CPU", 0))).remote()
     try:
         ray_local.get(blocker.ready.remote(), timeout=60)
         with pytest.raises(Unavailable, match=r"no fine-tuning task started in \d+ s: each waits for 1 CPU and 0 GPU: "
