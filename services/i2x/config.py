@@ -101,6 +101,28 @@ def get(env: str, override: str | None = None) -> str:
         return str(override)
     return os.environ.get(env, setting.default)
 
+
+def number(env: str, override: str | None = None, *, low: float = 0.0, low_open: bool = False,
+           high: float | None = None, unit: str = "", zero_means: str = "") -> float:
+    """A numeric setting, or InvalidArgument naming it ("must be a number of seconds >= 0 (0: no
+    limit), got 'x'"). The one parser behind every numeric I2X_* setting; NaN is refused too."""
+    import math
+
+    from i2x.core.errors import InvalidArgument
+
+    text = get(env, override)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        noun = f"a number of {unit}" if unit else "a number"
+        bound = f"in {low:g}..{high:g}" if high is not None else (f"> {low:g}" if low_open else f">= {low:g}")
+        raise InvalidArgument(f"must be {noun} {bound}{f' ({zero_means})' if zero_means else ''}, got {text!r}",
+                              field=env)
+    return value
+
 # Hardening (docs/SECURITY.md): what a remote caller may touch, and how big a request may be.
 SETTINGS += (
     Setting("I2X_MODEL_FACTORIES", "",

@@ -51,9 +51,9 @@ def gcs_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def gpus_per_task(resources: dict | None = None, setting: str | None = None) -> float:
-    """I2X_RAY_GPUS_PER_TASK: 'auto' = 1 when the cluster has a GPU, else 0; or a number >= 0."""
-    value = config.get("I2X_RAY_GPUS_PER_TASK", setting).strip().lower()
+def gpus_setting(env: str, resources: dict | None = None, setting: str | None = None) -> float:
+    """A GPUs-per-task setting: 'auto' = 1 when the cluster has a GPU, else 0; or a number >= 0."""
+    value = config.get(env, setting).strip().lower()
     if value == "auto":
         if resources is None:
             import ray
@@ -61,23 +61,18 @@ def gpus_per_task(resources: dict | None = None, setting: str | None = None) -> 
             resources = ray.cluster_resources()
         return 1.0 if resources.get("GPU", 0) > 0 else 0.0
     try:
-        gpus = float(value)
-    except ValueError:
-        gpus = -1.0
-    if gpus < 0:
-        raise InvalidArgument(f"must be 'auto' or a number >= 0, got {value!r}", field="I2X_RAY_GPUS_PER_TASK")
-    return gpus
+        return config.number(env, value)
+    except InvalidArgument:
+        raise InvalidArgument(f"must be 'auto' or a number >= 0, got {value!r}", field=env) from None
+
+
+def gpus_per_task(resources: dict | None = None, setting: str | None = None) -> float:
+    """I2X_RAY_GPUS_PER_TASK (gpus_setting)."""
+    return gpus_setting("I2X_RAY_GPUS_PER_TASK", resources, setting)
 
 
 def cpus_per_task(setting: str | None = None) -> float:
-    value = config.get("I2X_RAY_CPUS_PER_TASK", setting)
-    try:
-        cpus = float(value)
-    except ValueError:
-        cpus = 0.0
-    if cpus <= 0:
-        raise InvalidArgument(f"must be a number > 0, got {value!r}", field="I2X_RAY_CPUS_PER_TASK")
-    return cpus
+    return config.number("I2X_RAY_CPUS_PER_TASK", setting, low_open=True)
 
 
 def worker_env() -> dict[str, str]:
@@ -114,14 +109,7 @@ def node_capacity(nodes: list[dict] | None = None) -> dict:
 
 def scalable_gpus(setting: str | None = None) -> float:
     """I2X_RAY_SCALABLE_GPUS: GPUs of one node the autoscaler can add (0: only the nodes up now count)."""
-    text = config.get("I2X_RAY_SCALABLE_GPUS", setting)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise InvalidArgument(f"must be a number >= 0, got {text!r}", field="I2X_RAY_SCALABLE_GPUS")
-    return value
+    return config.number("I2X_RAY_SCALABLE_GPUS", setting)
 
 
 def check_grantable(*, device: str, gpus: float, cpus: float, device_field: str, gpus_setting: str,

@@ -68,9 +68,6 @@ class LocalReader(StoreReader):
         tmp.write_bytes(data)
         os.replace(tmp, path)  # atomic, like the server's LocalStore
 
-    def exists(self, key: str) -> bool:
-        return (self.root / _check_key(key)).is_file()
-
     def list(self, prefix: str) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(f"{prefix}**/*")
                       if p.is_file() and not p.name.startswith("."))

@@ -123,15 +123,7 @@ def pool_size_setting(setting: str | None = None) -> int:
 
 def idle_setting(setting: str | None = None) -> float:
     """I2X_RAY_IDLE_SECONDS: an actor idle this long is released (0: kept for the service's life)."""
-    text = config.get("I2X_RAY_IDLE_SECONDS", setting)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise InvalidArgument(f"must be a number of seconds >= 0 (0: never release), got {text!r}",
-                              field="I2X_RAY_IDLE_SECONDS")
-    return value
+    return config.number("I2X_RAY_IDLE_SECONDS", setting, unit="seconds", zero_means="0: never release")
 
 
 def _amount(x: float) -> str:

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from i2x import config, raycluster
-from i2x.core.errors import Cancelled, InvalidArgument, Unavailable
+from i2x.core.errors import Cancelled, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,12 @@ FIRST_BACKOFF_SECONDS = 0.5
 
 
 def reconnect_setting(setting: str | None = None) -> float:
-    text = config.get("I2X_RAY_RECONNECT_SECONDS", setting)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.5 <= value <= 3600:
-        raise InvalidArgument(f"must be a number of seconds in 0.5..3600, got {text!r}",
-                              field="I2X_RAY_RECONNECT_SECONDS")
-    return value
+    return config.number("I2X_RAY_RECONNECT_SECONDS", setting, low=0.5, high=3600, unit="seconds")
 
 
 def wait_setting(setting: str | None = None) -> float:
     """I2X_RAY_WAIT_SECONDS: how long a job waits for Ray resources or for Ray itself (0: no limit)."""
-    text = config.get("I2X_RAY_WAIT_SECONDS", setting)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise InvalidArgument(f"must be a number of seconds >= 0 (0: no limit), got {text!r}",
-                              field="I2X_RAY_WAIT_SECONDS")
-    return value
+    return config.number("I2X_RAY_WAIT_SECONDS", setting, unit="seconds", zero_means="0: no limit")
 
 
 def _short(error) -> str:

@@ -40,44 +40,16 @@ def on_ray(setting: str | None = None) -> bool:
 
 def train_gpus(resources: dict | None = None, setting: str | None = None) -> float:
     """I2X_TRAIN_GPUS: 'auto' = 1 when the cluster has a GPU, else 0; or a number >= 0."""
-    value = config.get("I2X_TRAIN_GPUS", setting).strip().lower()
-    if value == "auto":
-        if resources is None:
-            import ray
-
-            resources = ray.cluster_resources()
-        return 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    try:
-        gpus = float(value)
-    except ValueError:
-        gpus = -1.0
-    if gpus < 0:
-        raise InvalidArgument(f"must be 'auto' or a number >= 0, got {value!r}", field="I2X_TRAIN_GPUS")
-    return gpus
+    return raycluster.gpus_setting("I2X_TRAIN_GPUS", resources, setting)
 
 
 def train_cpus(setting: str | None = None) -> float:
-    text = config.get("I2X_TRAIN_CPUS", setting)
-    try:
-        cpus = float(text)
-    except ValueError:
-        cpus = 0.0
-    if cpus <= 0:
-        raise InvalidArgument(f"must be a number > 0, got {text!r}", field="I2X_TRAIN_CPUS")
-    return cpus
+    return config.number("I2X_TRAIN_CPUS", setting, low_open=True)
 
 
 def wait_limit(setting: str | None = None) -> float:
     """I2X_TRAIN_WAIT_SECONDS: how long a task may wait to start (0: no limit)."""
-    text = config.get("I2X_TRAIN_WAIT_SECONDS", setting)
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise InvalidArgument(f"must be a number of seconds >= 0 (0: no limit), got {text!r}",
-                              field="I2X_TRAIN_WAIT_SECONDS")
-    return value
+    return config.number("I2X_TRAIN_WAIT_SECONDS", setting, unit="seconds", zero_means="0: no limit")
 
 
 def _waiting(options: dict) -> str:
