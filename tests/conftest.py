@@ -42,3 +42,15 @@ def data_roots(tmp_path_factory):
         os.environ.pop("I2X_DATA_ROOTS", None)
     else:
         os.environ["I2X_DATA_ROOTS"] = previous
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (startup ~3 s); the interpretation service joins it."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))  # tin
 
 from rayhead import RayNode, free_port
 from tinydata import write_tiny_npz
+from waiting import until as _until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -36,16 +37,6 @@ def _health(address: str) -> int | None:
             return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
         except grpc.RpcError:
             return None
-
-
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def _checkpoints(tmp_path, spec: dict) -> dict:

@@ -58,18 +58,6 @@ def own_s3():
     servers[-1].stop()
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray, kept for the session: tests/services' ray_local then reuses it."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _tinydata():
     import importlib.util
     from pathlib import Path

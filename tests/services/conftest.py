@@ -8,18 +8,6 @@ from s3server import ACCESS_KEY, SECRET_KEY
 from tinydata import write_tiny_npz
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session (startup ~3 s); the interpretation service joins it."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")

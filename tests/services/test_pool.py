@@ -10,22 +10,13 @@ import pytest
 
 from conftest import client_for
 from tinydata import write_tiny_npz
+from waiting import until as _until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def _free_cpus(ray) -> float:
     return float(ray.available_resources().get("CPU", 0))
-
-
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_pool_grows_to_the_cluster_and_releases_idle_actors(tmp_path, ray_local):
