@@ -231,7 +231,7 @@ def through_ray(args, device, workdir: Path, source_store) -> dict:
 
     from i2x.client import Client
     from i2x.engine import stages
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     os.environ["I2X_RAY_GPUS_PER_TASK"] = "1" if gpus else "0"

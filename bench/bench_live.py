@@ -49,7 +49,7 @@ def main() -> None:
     from i2x.data import DatasetSpec, dataset_stats, load_dataset
     from i2x.integrations.live import LiveAnalysis
     from i2x.models import ModelSpec, build_model
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
 
     torch.set_num_threads(1)

@@ -53,7 +53,7 @@ def main() -> None:
     from i2x.engine.params import ClusterParams, ExplainParams, InterpretParams, PrototypeParams
     from i2x.engine.pipeline import run_pipeline
     from i2x.interpretation.fanout import RayFanout, WarmPool, store_spec
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
 
     torch.set_num_threads(1)

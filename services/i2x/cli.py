@@ -65,7 +65,7 @@ def cmd_serve(args) -> int:
 
 async def _serve(service: str, workers: int, port: int | None = None) -> int:
     from i2x.server import serve_forever
-    from i2x.servicers import start_service
+    from i2x.serving import start_service
     from i2x.storage import open_store
 
     store = open_store()

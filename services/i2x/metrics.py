@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from i2x import config
 from i2x.core.errors import InvalidArgument, NotFound, Unavailable
+from i2x.grpc_handlers import rebuild_handler
 from i2x.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
 
     async def intercept_service(self, continuation, handler_call_details):
-        from i2x.server import _rebuild
-
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         grpc_service, grpc_method = _split_method(handler_call_details.method)
         labels = (self.service, grpc_service, grpc_method)
-        return _rebuild(handler, lambda behaviour, streams: self._wrap(labels, behaviour, streams))
+        return rebuild_handler(handler, lambda behaviour, streams: self._wrap(labels, behaviour, streams))
 
     @staticmethod
     def _observe(labels: tuple, code: str, started: float) -> None:

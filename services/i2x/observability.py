@@ -1,5 +1,5 @@
 """Where metrics, traces and job-scoped logs hook into a service (two calls, both made by
-i2x.servicers.start_service and i2x.server.start_server):
+i2x.serving.start_service and i2x.server.start_server):
 
 - server_interceptors(service): the interceptors that go before the auth and error ones
   (the OpenTelemetry server span, then MetricsInterceptor);

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from i2x import config
 from i2x.core.errors import I2XError, InvalidArgument, Unavailable
+from i2x.grpc_handlers import rebuild_handler
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +67,6 @@ def _not_parsed(data: bytes) -> bytes:
     return data
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable, bool], Callable],
-             deserializer: Callable[[Callable | None], Callable | None] | None = None) -> grpc.RpcMethodHandler:
-    """The same kind of handler as `handler`, its behaviour replaced by wrap(behaviour, streams_out)
-    (and its request deserializer by deserializer(original), when given)."""
-    kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
-    )
-    for attribute, make, streams_out in kinds:
-        behaviour = getattr(handler, attribute)
-        if behaviour is not None:
-            request_deserializer = handler.request_deserializer
-            if deserializer is not None:
-                request_deserializer = deserializer(request_deserializer)
-            return make(wrap(behaviour, streams_out),
-                        request_deserializer=request_deserializer,
-                        response_serializer=handler.response_serializer)
-    return handler
-
-
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """I2XError -> its status code, details "field: message"; anything else -> INTERNAL with a log id."""
 
@@ -96,7 +75,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return _rebuild(handler, lambda behaviour, streams: self._wrap(method, behaviour, streams), _tolerant)
+        return rebuild_handler(handler, lambda behaviour, streams: self._wrap(method, behaviour, streams), _tolerant)
 
     @staticmethod
     async def _abort(method: str, error: BaseException, context: grpc.aio.ServicerContext) -> None:
@@ -191,7 +170,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
             return deny_unary
 
-        return _rebuild(handler, deny, lambda original: _not_parsed)  # refused before the body is parsed
+        return rebuild_handler(handler, deny, lambda original: _not_parsed)  # refused before the body is parsed
 
 
 def _resolve_port(service: str, port: int | None) -> int:

@@ -412,18 +412,3 @@ class StageServicer:
 def stage_progress(ctx: JobContext) -> dict:
     """The keyword arguments every stage takes for progress and cancellation."""
     return {"progress": ctx.progress, "cancel": ctx.cancel_event}
-
-
-# ---------------------------------------------------------------- one process's servers
-
-# make_servicer, registrar, start_service and ServicesInThread live in i2x.serving, which imports
-# the four service packages; those import this module, so this module must not import them.
-_SERVING = ("make_servicer", "registrar", "start_service", "ServicesInThread")
-
-
-def __getattr__(name: str):
-    if name in _SERVING:
-        from i2x import serving
-
-        return getattr(serving, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

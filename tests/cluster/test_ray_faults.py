@@ -55,7 +55,7 @@ def _checkpoints(tmp_path, spec: dict) -> dict:
 
 def test_interpretation_survives_a_ray_head_restart(tmp_path):
     from i2x.client import Client
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
 
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # this head's own token

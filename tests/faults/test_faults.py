@@ -133,7 +133,7 @@ def _stored_final(store, key):
 
 
 def test_kill_9_of_a_service_mid_job_the_next_one_finishes_it(tmp_path, tiny_dataset, monkeypatch):
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
     from i2x.v1 import jobs_pb2
 
@@ -174,7 +174,7 @@ def test_kill_9_of_a_service_mid_job_the_next_one_finishes_it(tmp_path, tiny_dat
 
 def test_s3_outage_mid_job_ends_with_the_state_the_client_saw(own_s3, tiny_dataset):
     from i2x.jobs import JobManager
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
 
     services = ServicesInThread(("training",), own_s3.store)
     try:
@@ -205,7 +205,7 @@ def test_a_killed_ray_actor_is_replaced_and_the_job_finishes(tmp_path, ray_local
     import torch
 
     from i2x.models import ModelSpec, build_model, checkpoint_to_bytes
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
     from i2x.v1 import common_pb2, interpretation_pb2, interpretation_pb2_grpc, jobs_pb2, jobs_pb2_grpc
     from i2x.v1 import training_pb2

@@ -44,7 +44,7 @@ def tiny_dataset(tmp_path_factory):
 
 
 def start_services(store, **kwargs):
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
 
     return ServicesInThread(("training", "interpretation", "clustering", "explanation"), store, **kwargs)
 

@@ -38,7 +38,7 @@ def backend(request, tmp_path_factory):
 
 
 def start_services(store, **kwargs):
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
 
     return ServicesInThread(("training", "interpretation", "clustering", "explanation"), store, **kwargs)
 

@@ -183,7 +183,7 @@ def test_import_registers_the_checkpoints_an_mlflow_run_logged(tmp_path, file_tr
     tracking.log_artifact(mlflow_run, str(notes), "docs")
 
     store = LocalStore(tmp_path / "store")
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
 
     services = ServicesInThread(("training",), store)  # registration needs no Ray
     try:

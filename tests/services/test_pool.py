@@ -81,7 +81,7 @@ def test_a_job_on_a_full_cluster_says_what_it_waits_for_and_fails_after_the_limi
 
 
 def test_two_services_sharing_one_cluster_both_finish(tmp_path, ray_local, monkeypatch):
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
 
     from test_restart import _checkpoint_files

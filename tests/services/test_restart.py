@@ -30,7 +30,7 @@ def _checkpoint_files(tmp_path, spec: dict) -> dict:
 
 def test_interpretation_resumes_after_a_restart_without_recomputing_units(tmp_path, ray_local):
     from i2x.client.jobs import Job
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
     from i2x.v1 import jobs_pb2
 
