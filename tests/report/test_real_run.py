@@ -93,3 +93,35 @@ def test_misclassified_test_images_of_the_analysed_pair(tiny_run):
     stored = store.get_npz("runs/tiny/clustering/prototypes.npz")
     maps = assign_to_prototypes(features, stored["pca_components"], stored["pca_mean"], stored["centroids"])
     assert (maps == stored["assignments"]).mean() > 0.99
+
+
+def test_table_1_of_a_real_run_shows_its_intervals_and_tests(tiny_run, tmp_path):
+    """The report reads the table the fine-tune stage wrote (not a schema of its own): every
+    cell's 95% interval and the Welch sentences the CLI prints. The tiny run finds no uncertain
+    prototype, so a copy of it is curated with a named one and fine-tuned."""
+    import shutil
+    from html import escape
+
+    from i2x.engine import stages
+    from i2x.engine.params import FinetuneParams
+    from i2x.report import build_report
+
+    store, _ = tiny_run
+    shutil.copytree(store.root, tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
+    stages.curate_run(store, "tiny", prototype=0)
+    stages.finetune_run(store, "tiny", FinetuneParams(protocols=["full->full", "curated->full"], repeats=2))
+    html = build_report(store, "tiny", workers=1)
+    table = store.get_json("runs/tiny/finetune/table.json")
+    finetune = html.split('id="finetune"', 1)[1].split("</section>", 1)[0]
+    assert table["tests"], "the real run's table has Welch tests"
+    for test in table["tests"]:
+        assert f"<p>{escape(test['text'])}</p>" in finetune
+    for row in table["rows"]:
+        low, high = row["ci95"]["sum"]
+        assert f"95% CI [{low:.2f}, {high:.2f}]" in finetune, row["protocol"]
+    assert "No significance test was recorded" not in html
+    from i2x.core.finetune import removed_text
+
+    run = store.get_json("runs/tiny/run.json")
+    assert f"<p>{escape(removed_text(table['removed_fraction_per_class'], run['classes']))}</p>" in finetune

@@ -143,15 +143,24 @@ def test_background_prototypes_are_listed_apart_and_never_evidence(store, v2):
 
 
 def test_table_1_shows_intervals_and_the_welch_verdict(store, v2, v1):
+    """Against the table i2x.core.finetune writes (add_statistics: row["ci95"][metric], "tests")."""
+    from html import escape
+
     table = store.get_json("runs/v2/finetune/table.json")
-    row = next(r for r in table["rows"] if r["protocol"] == "curated->full")
-    low, high = row["sum"]["ci95"]
-    assert f'<span class="note">95% CI [{low:.2f}, {high:.2f}]</span>' in section(v2, "finetune")
-    verdict = ("Welch's t-test of curated&rarr;full against full&rarr;full: t = -1.25, p = 0.247 (not significant). "
-               "The difference may be noise.")
-    assert verdict in section(v2, "finetune") and verdict in section(v2, "trust")
+    for row in table["rows"]:
+        for metric in ("a_to_b", "b_to_a", "sum"):
+            low, high = row["ci95"][metric]
+            assert f'<span class="note">95% CI [{low:.2f}, {high:.2f}]</span>' in section(v2, "finetune"), (row, metric)
+        low, high = row["ci95"]["accuracy"]
+        assert f'95% CI [{100 * low:.2f}, {100 * high:.2f}]' in section(v2, "finetune")
+    confusions, accuracy = (next(t for t in table["tests"] if t["metric"] == m) for m in ("sum", "accuracy"))
+    assert confusions["p"] is not None and not confusions["significant"]  # the synthetic runs overlap
+    for test in (confusions, accuracy):  # the sentences the CLI prints, each under Table 1
+        assert f"<p>{escape(test['text'])}</p>" in section(v2, "finetune")
+    verdict = escape(confusions["text"]) + " The difference may be noise."
+    assert verdict in section(v2, "trust")
     assert "No significance test was recorded: treat the difference as unproven." in section(v1, "finetune")
-    assert "95% CI" not in v1
+    assert "95% CI" not in v1 and "Welch" not in v1
 
 
 def test_curation_states_removed_fractions_and_the_cap(store, v2):

@@ -588,32 +588,21 @@ def pair_section(run: RunData, rendered: list[Rendered], gallery=None, found=Non
     return out + "</section>"
 
 
-def welch(table: dict) -> dict | None:
-    """The Welch test of curated->full against full->full (sum of the pair's confusions), when
-    the table has one: top-level `welch`, or the curated->full row's (or its `sum` cell's) `welch`;
-    a mapping by metric prefers `sum`."""
-    rows = {r.get("protocol"): r for r in table.get("rows", [])}
-    curated = rows.get("curated->full") or {}
-    for candidate in (table.get("welch"), curated.get("welch"), (curated.get("sum") or {}).get("welch")
-                      if isinstance(curated.get("sum"), dict) else None):
-        if isinstance(candidate, dict):
-            if "p" in candidate:
-                return candidate
-            for key in ("sum", "confusions", "curated->full"):
-                if isinstance(candidate.get(key), dict) and "p" in candidate[key]:
-                    return candidate[key]
+def welch(table: dict, metric: str = "sum") -> dict | None:
+    """The Welch test of curated->full against full->full on `metric` from the table's `tests`
+    (i2x.core.finetune.add_statistics), when it has one; its p is None when it could not be
+    computed (too few repeats, or no variation)."""
+    for test in table.get("tests") or []:
+        if isinstance(test, dict) and test.get("metric") == metric:
+            return test
     return None
 
 
-def welch_text(test: dict) -> str:
-    t, pvalue = test.get("t"), test.get("p")
-    significant = test.get("significant")
-    if significant is None and pvalue is not None:
-        significant = float(pvalue) < 0.05
-    numbers = ", ".join(x for x in (f"t = {float(t):.2f}" if t is not None else "",
-                                    f"p = {float(pvalue):.3f}" if pvalue is not None else "") if x)
-    verdict = "significant at the 5% level" if significant else "not significant"
-    return f"Welch's t-test of curated&rarr;full against full&rarr;full: {numbers} ({verdict})"
+def significant(test: dict) -> bool:
+    """Only a computed p below 5% is significant."""
+    if test.get("p") is None:
+        return False
+    return bool(test["significant"]) if test.get("significant") is not None else float(test["p"]) < 0.05
 
 
 def finetune_summary(run: RunData) -> str:
@@ -628,10 +617,9 @@ def finetune_summary(run: RunData) -> str:
                 f"{format_mean_std(curated.get('accuracy'), percent=True)}% vs "
                 f"{format_mean_std(baseline.get('accuracy'), percent=True)}%.")
         test = welch(table)
-        if test is not None:
-            text += " " + welch_text(test) + "."
-            if not (test.get("significant") if test.get("significant") is not None
-                    else float(test.get("p", 1.0)) < 0.05):
+        if test is not None:  # the sentence the CLI prints (i2x.core.finetune)
+            text += " " + escape(test.get("text") or "")
+            if not significant(test):
                 text += " The difference may be noise."
         else:
             text += " No significance test was recorded: treat the difference as unproven."
@@ -639,11 +627,11 @@ def finetune_summary(run: RunData) -> str:
     return f"{len(rows)} protocols, see the fine-tuning section."
 
 
-def cell(value, *, percent: bool = False) -> str:
-    """mean ± std, and the 95% interval below it when the cell has `ci95` [low, high]."""
+def cell(value, interval=None, *, percent: bool = False) -> str:
+    """mean ± std, and below it the 95% interval of the mean (the row's `ci95` for this metric)."""
     text = format_mean_std(value, percent=percent)
-    if isinstance(value, dict) and isinstance(value.get("ci95"), (list, tuple)) and len(value["ci95"]) == 2:
-        low, high = value["ci95"]
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+        low, high = interval
         scale = 100.0 if percent and max(abs(float(low)), abs(float(high))) <= 1.0 else 1.0
         text += f'<br><span class="note">95% CI [{scale * float(low):.2f}, {scale * float(high):.2f}]</span>'
     return text
@@ -660,9 +648,9 @@ def finetune_html_table(run: RunData) -> str:
                  f"</td><td class=num>{base.get('a_to_b', '')}</td><td class=num>{base.get('b_to_a', '')}</td>"
                  f"<td class=num>{base.get('sum', '')}</td></tr>")
     rows += "".join(
-        f"<tr><td>{escape(str(r.get('protocol')))}</td><td class=num>{cell(r.get('accuracy'), percent=True)}</td>"
-        f"<td class=num>{cell(r.get('a_to_b'))}</td><td class=num>{cell(r.get('b_to_a'))}</td>"
-        f"<td class=num>{cell(r.get('sum'))}</td></tr>" for r in table.get("rows", []))
+        f"<tr><td>{escape(str(r.get('protocol')))}</td>"
+        + "".join(f"<td class=num>{cell(r.get(m), (r.get('ci95') or {}).get(m), percent=m == 'accuracy')}</td>"
+                  for m in ("accuracy", "a_to_b", "b_to_a", "sum")) + "</tr>" for r in table.get("rows", []))
     return (f"<table><tr><th>protocol</th><th>test accuracy (%)</th><th>{a}&rarr;{b}</th><th>{b}&rarr;{a}</th>"
             f"<th>sum</th></tr>{rows}</table>")
 
@@ -677,7 +665,18 @@ def finetune_section(run: RunData) -> str:
     return (f'<section id="finetune"><h2>Fine-tuning (Table 1)</h2><p>From the final model, mean &plusmn; std{note}. '
             "full: the whole explanation set; curated: without the samples that contain the uncertain prototype; "
             f"x&rarr;y: one epoch on x then one on y.</p><p>{finetune_summary(run)}</p>{finetune_html_table(run)}"
-            "</section>")
+            + "".join(f"<p>{escape(t['text'])}</p>" for t in table.get("tests") or [] if t.get("text"))
+            + removed_paragraph(run, table) + "</section>")
+
+
+def removed_paragraph(run: RunData, table: dict) -> str:
+    """What the curated set lacks of each class: the fine-tune stage's record, the CLI's sentence."""
+    from i2x.core.finetune import removed_text
+
+    removed = table.get("removed_fraction_per_class")
+    if not isinstance(removed, list) or len(removed) != len(run.class_names):
+        return ""
+    return f"<p>{escape(removed_text(removed, [str(c) for c in run.class_names]))}</p>"
 
 
 def run_report(run: RunData, groups, extra: str = "") -> str:
