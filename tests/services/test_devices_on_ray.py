@@ -11,7 +11,9 @@ import grpc
 import pytest
 
 from conftest import client_for, start_services
+from i2x.client.jobs import JobFailed
 from test_bad_requests import expect
+from waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -29,9 +31,15 @@ def stack(tmp_path_factory, ray_local, tiny_dataset):
     services.stop()
 
 
-def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
+def test_training_on_ray_is_cancelled(stack, ray_local, tiny_dataset, monkeypatch):
     _, client, store = stack
     monkeypatch.setenv("I2X_TRAIN_ON_RAY", "true")
+
+    def free_cpus() -> float:
+        return ray_local.available_resources().get("CPU", 0.0)
+
+    total = ray_local.cluster_resources()["CPU"]
+    until(lambda: free_cpus() == total, 60, "every CPU of the cluster free before the training")
     # 3,000 iterations: far longer than the test waits. CreateRun refuses a run of fewer than 2
     # checkpoints (check_checkpoint_count), so 3 here; checkpoints/index.json is still written only last
     client.create_run("cancel-ray", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
@@ -41,11 +49,19 @@ def test_training_on_ray_is_cancelled(stack, tiny_dataset, monkeypatch):
     for event in job.watch(deadline=deadline):
         if event.done > 0:  # the task is training and reporting
             break
+    assert free_cpus() < total  # the training task holds its CPU
     job.cancel()
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailed) as info:
         job.result(timeout=60)
-    assert job.info.state == "CANCELLED"
+    assert info.value.job.state == "CANCELLED", info.value.job
     assert not store.exists("runs/cancel-ray/checkpoints/index.json")
+    # the task stopped (it is not left training unseen): its CPU is free again
+    until(lambda: free_cpus() == total, 30, f"the cancelled training task gone (free CPU {free_cpus()} of {total})")
+    # and the run trains again on the cluster (a short config this time)
+    client.create_run("cancel-ray", model=MODEL, dataset={"kind": "npz", "root": tiny_dataset},
+                      train={"preset": "tiny"}, overwrite=True)
+    assert client.train("cancel-ray").result(timeout=120)["steps"] == [2, 4, 6]
+    assert store.exists("runs/cancel-ray/checkpoints/index.json")
 
 
 def test_a_training_task_that_cannot_start_fails_naming_the_resources(stack, ray_local, tiny_dataset, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from i2x.core.errors import Cancelled, InvalidArgument
-from i2x.core.training import PRESETS, TrainConfig, evaluate, seeded_build, train
+from i2x.core.training import PRESETS, PROGRESS_EVERY_STEPS, TrainConfig, evaluate, seeded_build, train
 from i2x.data import ArrayDataset, DatasetSpec, dataset_stats, load_dataset
 from i2x.models import SmallCNN
 
@@ -70,12 +70,99 @@ def _run_cancelled(data, event):
     train(SmallCNN(width=4), data, config, mean=MEAN, std=STD, on_checkpoint=lambda c: None, cancel=event)
 
 
-def test_progress_reports_every_iteration(small_train):
+def test_progress_every_n_iterations_at_checkpoints_and_at_the_end(small_train):
     seen = []
-    config = TrainConfig.from_preset("tiny")
+    # 32 images, batch 2, 2 epochs: 32 iterations; checkpoints 12, 24 and 32; progress every 10 too
+    config = TrainConfig.from_preset("tiny", batch_size=2, epochs=2, checkpoint_every=12)
     train(SmallCNN(width=4), small_train, config, mean=MEAN, std=STD, on_checkpoint=lambda c: None,
           progress=lambda done, total, message: seen.append((done, total)))
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert PROGRESS_EVERY_STEPS == 10
+    assert seen == [(10, 32), (12, 32), (20, 32), (24, 32), (30, 32), (32, 32)]
+
+
+def _reference_train(data, config: TrainConfig):
+    """train() written out with a host read of every step's loss and correct count (what it did
+    before it summed them on the device): each step's loss, each checkpoint's (step, loss,
+    accuracy), and the model. Adam, the one-cycle schedule, no eval set, on the CPU."""
+    from i2x.data import to_tensor
+
+    model = seeded_build(lambda: SmallCNN(width=4), config.seed)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    per_epoch = -(-len(data) // config.batch_size)
+    total = per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+    rng = np.random.default_rng(config.seed)
+    losses, checkpoints = [], []
+    loss_sum, correct, seen, batches, step = 0.0, 0, 0, 0, 0
+    model.train()
+    for _epoch in range(config.epochs):
+        order = rng.permutation(len(data))
+        for start in range(0, len(data), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(to_tensor(data.images[batch], MEAN, STD))
+            loss = nn.functional.cross_entropy(logits, labels[batch])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            loss_sum += losses[-1]
+            correct += int((logits.argmax(1) == labels[batch]).sum())
+            seen, batches = seen + len(batch), batches + 1
+            if step % config.checkpoint_every == 0 or step == total:
+                checkpoints.append((step, loss_sum / batches, correct / seen))
+                loss_sum, correct, seen, batches = 0.0, 0, 0, 0
+    return losses, checkpoints, model
+
+
+def test_losses_summed_on_the_device_are_those_of_a_per_step_read(small_train):
+    config = TrainConfig.from_preset("tiny", batch_size=2, epochs=2, checkpoint_every=12, schedule="onecycle",
+                                     device="cpu")
+    losses, expected, reference = _reference_train(small_train, config)
+    model = seeded_build(lambda: SmallCNN(width=4), config.seed)
+    events = []
+    records = train(model, small_train, config, mean=MEAN, std=STD, on_checkpoint=lambda c: None,
+                    progress=lambda done, total, message: events.append((done, message)))
+    # the checkpoints' mean loss and accuracy, to the bit; the weights too
+    assert [(r["step"], r["loss"], r["accuracy"]) for r in records] == expected
+    assert len({loss for _, loss, _ in expected}) == 3  # the figures differ: not a constant matched
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # each progress message shows its own step's loss
+    assert events == [(step, f"epoch {1 + (step - 1) // 16}/2 loss {losses[step - 1]:.4f}")
+                      for step in (10, 12, 20, 24, 30, 32)]
+
+
+def test_the_loop_reads_the_device_at_reports_and_checkpoints_only(small_train, monkeypatch):
+    """A host read of a tensor (item, float, int, ...) from i2x.core.training is a GPU->CPU sync
+    on CUDA: counted here on the CPU, there is none at the iterations between reports."""
+    import sys
+
+    from i2x.core import training
+
+    reads = []
+    for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__index__", "__bool__"):
+        method = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _method=method, _name=name, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__") == training.__name__:
+                reads.append(_name)
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    config = TrainConfig.from_preset("tiny", batch_size=2, epochs=2, checkpoint_every=12)  # 32 iterations
+    events = []
+    records = train(SmallCNN(width=4), small_train, config, mean=MEAN, std=STD, on_checkpoint=lambda c: None,
+                    progress=lambda *event: events.append(event))
+    # one read for each report's loss; two (loss and correct sums) for each checkpoint
+    assert (len(events), len(records)) == (6, 3)
+    assert len(reads) == len(events) + 2 * len(records) and sorted(set(reads)) == ["__float__", "__int__"]
+    reads.clear()
+    train(SmallCNN(width=4), small_train, config, mean=MEAN, std=STD, on_checkpoint=lambda c: None)
+    assert len(reads) == 2 * 3  # no progress (fine-tuning's stages): only the checkpoints
 
 
 def test_presets_and_validation():

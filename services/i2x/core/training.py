@@ -4,6 +4,12 @@ Checkpoints are taken every ``checkpoint_every`` iterations and after the last i
 untrained model (step 0) is not a checkpoint unless ``include_initial=True``: the paper analyses
 steps 40, 80, ... and a random initialisation's saliency carries no prototypes.
 
+Host reads: the loss and the correct count of each step are summed on the model's device and read
+(a GPU->CPU sync each) only at a checkpoint and when progress is reported, every
+PROGRESS_EVERY_STEPS iterations and at checkpoints and the last one, not at every step. The sums
+are float64 (int64), the same additions in the same order as a Python sum of each step's value,
+so the figures are those of a per-step read, to the bit (float32 on MPS, which has no float64).
+
 Determinism: the data order is a numpy permutation per epoch drawn from ``seed``; the weight
 initialisation is the caller's (``torch.manual_seed(config.seed)`` before ``build_model``, which
 ``seeded_build`` does).
@@ -26,6 +32,7 @@ if TYPE_CHECKING:  # i2x.data imports this module's neighbours; only the annotat
     from i2x.data import ArrayDataset
 
 OPTIMIZERS = ("sgd", "adam")
+PROGRESS_EVERY_STEPS = 10  # progress (with that step's loss) this often, and at checkpoints and the end
 SCHEDULES = ("constant", "cosine", "onecycle")
 
 
@@ -164,6 +171,8 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
 
     Checkpoint.accuracy is the accuracy on `eval_set` when given, else the running training accuracy
     since the previous checkpoint; Checkpoint.loss is the mean training loss over that interval.
+    progress(step, total, message with that step's loss) every PROGRESS_EVERY_STEPS iterations, at
+    each checkpoint and at the last iteration.
     Returns the checkpoints' metadata (step, epoch, seed, loss, accuracy), in order.
     """
     from i2x.data import to_tensor
@@ -181,20 +190,25 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
     labels_all = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
     order_rng = np.random.default_rng(config.seed)
     records: list[dict] = []
-    interval = {"loss": 0.0, "correct": 0, "seen": 0, "batches": 0}
+    # the interval's sums stay on the device (no sync per step); seen and batches are host counts
+    loss_sum = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    interval = {"seen": 0, "batches": 0}
 
     def emit(step: int, epoch: int) -> None:
         if eval_set is not None:
             accuracy = evaluate(model, eval_set, mean=mean, std=std)["accuracy"]
             model.train()
         else:
-            accuracy = interval["correct"] / max(interval["seen"], 1)
-        loss = interval["loss"] / max(interval["batches"], 1)
+            accuracy = int(correct) / max(interval["seen"], 1)
+        loss = float(loss_sum) / max(interval["batches"], 1)
         state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
         checkpoint = Checkpoint(step=step, epoch=epoch, loss=float(loss), accuracy=float(accuracy), state_dict=state)
         on_checkpoint(checkpoint)
         records.append(checkpoint.metadata(config.seed))
-        interval.update(loss=0.0, correct=0, seen=0, batches=0)
+        loss_sum.zero_()
+        correct.zero_()
+        interval.update(seen=0, batches=0)
 
     model.train()
     if config.include_initial:
@@ -207,10 +221,13 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
                 raise Cancelled(f"training cancelled at step {step} of {total}")
             batch = permutation[start:start + config.batch_size]
             x = to_tensor(train.images[batch], mean, std)
+            y = labels_all[batch]
             if device.type == "cuda":
-                x = x.pin_memory()  # page-locked, so the copy below runs asynchronously
+                # page-locked, so the copies below are asynchronous (from pageable memory the driver
+                # may wait for the stream: a sync per step)
+                x, y = x.pin_memory(), y.pin_memory()
             x = x.to(device, non_blocking=True)
-            y = labels_all[batch].to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -219,15 +236,15 @@ def train(model: nn.Module, train: ArrayDataset, config: TrainConfig, *, mean, s
             if scheduler is not None:
                 scheduler.step()
             step += 1
-            loss_value = float(loss.detach())
-            interval["loss"] += loss_value
+            loss_sum.add_(loss.detach().to(loss_sum.dtype))
+            correct.add_((logits.detach().argmax(1) == y).sum())
             interval["batches"] += 1
-            interval["correct"] += int((logits.detach().argmax(1) == y).sum())
             interval["seen"] += len(batch)
-            if step % config.checkpoint_every == 0 or step == total:
+            checkpoint_due = step % config.checkpoint_every == 0 or step == total
+            if checkpoint_due:
                 emit(step, epoch + 1 if step % per_epoch == 0 else epoch)
-            if progress is not None:
-                progress(step, total, f"epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}")
+            if progress is not None and (checkpoint_due or step % PROGRESS_EVERY_STEPS == 0):
+                progress(step, total, f"epoch {epoch + 1}/{config.epochs} loss {float(loss.detach()):.4f}")
     return records
 
 
