@@ -556,7 +556,7 @@ def pair_section(run: RunData, rendered: list[Rendered], gallery=None, found=Non
         category = escape(str(row.get("category")))
         if row.get("category") == "uncertain":
             category = f'<span class="warn">{category}</span>'
-        if row["prototype"] in background:
+        if row["prototype"] in background and row.get("category") != "background":
             category += " (background)"
         rows.append(f"<tr><td>{p(row['prototype'])}</td><td>{category}</td>"
                     f"<td>{q(run.name(favours)) if favours is not None else '&ndash;'}</td>"
