@@ -42,6 +42,7 @@ def _explained_run(store, run_id="ex", lam=0.5):
     store.put_json(f"runs/{run_id}/explanation/explanation.json", {
         "n_prototypes": 4, "parameters": {"lam": lam, "tau": 0.25, "n_prototypes": 4},
         "most_confused_pair": {"a": 1, "b": 2, "names": ["b", "c"], "a_to_b": 3, "b_to_a": 5},
+        "analysed_pair": {"a": 0, "b": 2, "names": ["a", "c"]},
         "uncertain_prototype": 3,
         "warnings": [{"code": "few_samples", "message": "class c has 2 samples"}]})
     # 9 of 12 on the diagonal: accuracy 0.75
@@ -51,7 +52,9 @@ def _explained_run(store, run_id="ex", lam=0.5):
         {"protocol": "full->full", "accuracy": {"mean": 0.8, "std": 0.1}, "a_to_b": {"mean": 2.0, "std": 1.0},
          "b_to_a": {"mean": 4.0, "std": 0.0}, "sum": {"mean": 6.0, "std": 1.0}},
         {"protocol": "curated->full", "accuracy": {"mean": 0.9, "std": 0.0}, "a_to_b": {"mean": 1.0, "std": 0.0},
-         "b_to_a": {"mean": 2.0, "std": 0.5}, "sum": {"mean": 3.0, "std": 0.5}}]})
+         "b_to_a": {"mean": 2.0, "std": 0.5}, "sum": {"mean": 3.0, "std": 0.5}}],
+        "tests": [{"compared": ["curated->full", "full->full"], "metric": "sum", "t": -2.5, "p": 0.04, "df": 4.0},
+                  {"compared": ["curated->full", "full->full"], "metric": "accuracy", "t": None, "p": None}]})
     store.put_text(f"runs/{run_id}/finetune/table.md", "| protocol |\n")
     store.put_text(f"runs/{run_id}/report.html", "<html>report</html>")
     store.put_bytes(f"runs/{run_id}/figures/pair.png", b"\x89PNG fake")
@@ -73,9 +76,12 @@ def _check_export(tracking_uri, store, done):
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert (metrics["pair_a_to_b"], metrics["pair_b_to_a"], metrics["pair_confusions"]) == (3, 5, 8)
     assert metrics["table1/curated_to_full/sum_mean"] == 3.0 and metrics["table1/full_to_full/accuracy_std"] == 0.1
-    assert len([m for m in metrics if m.startswith("table1/")]) == 16  # 2 protocols x 4 columns x mean, std
+    assert (metrics["table1/welch/sum_t"], metrics["table1/welch/sum_p"]) == (-2.5, 0.04)
+    # 2 protocols x 4 columns x mean, std; the Welch test with a p (accuracy's could not be computed)
+    assert len([m for m in metrics if m.startswith("table1/")]) == 16 + 2
     tags = run.data.tags
     assert tags["i2x.most_confused_pair"] == "b / c" and tags["i2x.uncertain_prototype"] == "P-3"
+    assert tags["i2x.analysed_pair"] == "a / c"
     assert tags["i2x.warnings"] == "few_samples: class c has 2 samples" and tags["i2x.run_id"] == "ex"
     assert _artifacts(client, done["run_id"]) == ["i2x/explanation.json", "i2x/figures/pair.png", "i2x/report.html",
                                                   "i2x/table1.md"]

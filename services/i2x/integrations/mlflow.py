@@ -89,6 +89,10 @@ def collect(store, run_id: str) -> Export:
         out.metrics.update({"pair_a_to_b": a_to_b, "pair_b_to_a": b_to_a, "pair_confusions": a_to_b + b_to_a})
         names = pair.get("names") or [pair["a"], pair["b"]]
         out.tags["i2x.most_confused_pair"] = f"{names[0]} / {names[1]}"
+    analysed = doc.get("analysed_pair") or {}
+    if "a" in analysed and (analysed.get("a"), analysed.get("b")) != (pair.get("a"), pair.get("b")):
+        names = analysed.get("names") or [analysed["a"], analysed["b"]]
+        out.tags["i2x.analysed_pair"] = f"{names[0]} / {names[1]}"
     uncertain = doc.get("uncertain_prototype")
     out.tags["i2x.uncertain_prototype"] = "none" if uncertain is None else f"P-{int(uncertain)}"
     warnings = [w for w in doc.get("warnings") or [] if isinstance(w, dict)]
@@ -97,7 +101,12 @@ def collect(store, run_id: str) -> Export:
     out.tags["i2x.run_id"] = run_id
     table_key = _key(run_id, "finetune", "table.json")
     if _exists(store, table_key):
-        for row in store.get_json(table_key).get("rows", []):
+        table = store.get_json(table_key)
+        for test in table.get("tests") or []:  # Welch's t, curated->full vs full->full; None: not computable
+            if isinstance(test, dict) and test.get("p") is not None:
+                for stat in ("t", "p"):
+                    out.metrics[f"table1/welch/{_metric_name(str(test.get('metric', '')))}_{stat}"] = float(test[stat])
+        for row in table.get("rows", []):
             protocol = _metric_name(str(row.get("protocol", "")))
             for column in ("accuracy", "a_to_b", "b_to_a", "sum"):
                 cell = row.get(column)
