@@ -62,11 +62,19 @@ def test_pipeline_trains_interprets_clusters_explains(stack, tiny_dataset):
     assert curated.pair == [1, 2] and curated.scope == "pair" and curated.size_before == n
     assert curated.removed_per_class[0] == 0
     assert curated.size_before - curated.size_after == sum(curated.removed_per_class)
-    client.finetune("e2e", protocols=["full", "curated"], repeats=1).result(timeout=60)
+    client.finetune("e2e", protocols=["full->full", "curated->full"], repeats=2).result(timeout=120)
     table = client.finetune_table("e2e")
-    assert [row.protocol for row in table.rows] == ["full", "curated"] and table.pair == (1, 2)
-    assert all(0.0 <= row.accuracy[0] <= 1.0 and row.repeats == 1 for row in table.rows)
+    assert [row.protocol for row in table.rows] == ["full->full", "curated->full"] and table.pair == (1, 2)
+    assert all(0.0 <= row.accuracy[0] <= 1.0 and row.repeats == 2 for row in table.rows)
     assert client.load(table.markdown_key)  # the Markdown rendering is in the store
+    # the statistics come through as stored: intervals, Welch's tests, removed shares
+    stored = client.store.get_json(table.key)
+    for row, written in zip(table.rows, stored["rows"]):
+        assert row.ci95 == {m: tuple(v) for m, v in written["ci95"].items() if None not in v}
+    assert [(w.metric, w.p, w.significant, w.text) for w in table.tests] == \
+        [(t["metric"], t["p"], t["significant"] or False, t["text"]) for t in stored["tests"]]
+    assert [w.metric for w in table.tests] == ["sum", "accuracy"] and all(w.text for w in table.tests)
+    assert table.removed_fraction_per_class == stored["removed_fraction_per_class"]
 
     # the job API on every service lists what ran there
     jobs = client._call("interpretation", "jobs", "ListJobs", __import__("i2x.v1.jobs_pb2", fromlist=["x"])

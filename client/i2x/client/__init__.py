@@ -13,9 +13,9 @@ from i2x.client._version import __version__
 from i2x.client.client import DEFAULT_PORTS, Client, JobFailed, ServerInfo, ServiceUnavailable
 from i2x.client.jobs import Job, JobEvent, JobInfo
 from i2x.client.results import (ClassExplanation, CurationResult, Evaluation, ExplanationSummary, FinetuneRow,
-                                FinetuneTable, PairAnalysis, PipelineResult, PrototypeRole, Run)
+                                FinetuneTable, PairAnalysis, PipelineResult, PrototypeRole, Run, WelchTest)
 from i2x.client.store import StoreReader, open_reader
 
 __all__ = ["__version__", "Client", "DEFAULT_PORTS", "ServerInfo", "ServiceUnavailable", "Job", "JobEvent", "JobInfo", "JobFailed", "Run", "Evaluation",
            "ExplanationSummary", "ClassExplanation", "PairAnalysis", "PrototypeRole", "CurationResult",
-           "FinetuneRow", "FinetuneTable", "PipelineResult", "StoreReader", "open_reader"]
+           "FinetuneRow", "FinetuneTable", "WelchTest", "PipelineResult", "StoreReader", "open_reader"]

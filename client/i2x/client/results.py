@@ -164,6 +164,19 @@ class FinetuneRow:
     b_to_a: tuple[float, float]
     sum: tuple[float, float]
     repeats: int
+    # metric -> (low, high), the 95% interval of the mean; absent with fewer than 2 repeats
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class WelchTest:
+    """Welch's t test of `compared[0]` against `compared[1]` (curated->full vs full->full)."""
+    metric: str              # "sum" (the pair's confusions) or "accuracy"
+    compared: tuple[str, str]
+    t: float | None          # None: could not be computed (too few repeats, no variation)
+    p: float | None
+    significant: bool        # p < 0.05
+    text: str                # the sentence the CLI prints
 
 
 @dataclass
@@ -173,14 +186,23 @@ class FinetuneTable:
     rows: list[FinetuneRow]
     key: str
     markdown_key: str
+    tests: list[WelchTest] = field(default_factory=list)
+    removed_fraction_per_class: list[float] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, m) -> "FinetuneTable":
         def ms(v):
             return (v.mean, v.std)
-        rows = [FinetuneRow(r.protocol, ms(r.accuracy), ms(r.a_to_b), ms(r.b_to_a), ms(r.sum), r.repeats)
+
+        def intervals(r):
+            cells = {"accuracy": r.accuracy, "a_to_b": r.a_to_b, "b_to_a": r.b_to_a, "sum": r.sum}
+            return {k: (v.ci95_low, v.ci95_high) for k, v in cells.items() if v.HasField("ci95_low")}
+        rows = [FinetuneRow(r.protocol, ms(r.accuracy), ms(r.a_to_b), ms(r.b_to_a), ms(r.sum), r.repeats, intervals(r))
                 for r in m.rows]
-        return cls(m.run_id, (m.class_a, m.class_b), rows, m.key, m.markdown_key)
+        tests = [WelchTest(w.metric, tuple(w.compared), w.t if w.HasField("t") else None,
+                           w.p if w.HasField("p") else None, w.significant, w.text) for w in m.tests]
+        return cls(m.run_id, (m.class_a, m.class_b), rows, m.key, m.markdown_key, tests,
+                   list(m.removed_fraction_per_class))
 
 
 @dataclass

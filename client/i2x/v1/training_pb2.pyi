@@ -97,12 +97,34 @@ class GetFinetuneTableRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class MeanStd(_message.Message):
-    __slots__ = ("mean", "std")
+    __slots__ = ("mean", "std", "ci95_low", "ci95_high")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    CI95_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI95_HIGH_FIELD_NUMBER: _ClassVar[int]
     mean: float
     std: float
-    def __init__(self, mean: _Optional[float] = ..., std: _Optional[float] = ...) -> None: ...
+    ci95_low: float
+    ci95_high: float
+    def __init__(self, mean: _Optional[float] = ..., std: _Optional[float] = ..., ci95_low: _Optional[float] = ..., ci95_high: _Optional[float] = ...) -> None: ...
+
+class WelchTest(_message.Message):
+    __slots__ = ("metric", "compared", "t", "p", "df", "significant", "text")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    T_FIELD_NUMBER: _ClassVar[int]
+    P_FIELD_NUMBER: _ClassVar[int]
+    DF_FIELD_NUMBER: _ClassVar[int]
+    SIGNIFICANT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    compared: _containers.RepeatedScalarFieldContainer[str]
+    t: float
+    p: float
+    df: float
+    significant: bool
+    text: str
+    def __init__(self, metric: _Optional[str] = ..., compared: _Optional[_Iterable[str]] = ..., t: _Optional[float] = ..., p: _Optional[float] = ..., df: _Optional[float] = ..., significant: bool = ..., text: _Optional[str] = ...) -> None: ...
 
 class FinetuneRow(_message.Message):
     __slots__ = ("protocol", "accuracy", "a_to_b", "b_to_a", "sum", "repeats")
@@ -121,20 +143,24 @@ class FinetuneRow(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., accuracy: _Optional[_Union[MeanStd, _Mapping]] = ..., a_to_b: _Optional[_Union[MeanStd, _Mapping]] = ..., b_to_a: _Optional[_Union[MeanStd, _Mapping]] = ..., sum: _Optional[_Union[MeanStd, _Mapping]] = ..., repeats: _Optional[int] = ...) -> None: ...
 
 class FinetuneTable(_message.Message):
-    __slots__ = ("run_id", "class_a", "class_b", "rows", "key", "markdown_key")
+    __slots__ = ("run_id", "class_a", "class_b", "rows", "key", "markdown_key", "tests", "removed_fraction_per_class")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_A_FIELD_NUMBER: _ClassVar[int]
     CLASS_B_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MARKDOWN_KEY_FIELD_NUMBER: _ClassVar[int]
+    TESTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FRACTION_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     class_a: int
     class_b: int
     rows: _containers.RepeatedCompositeFieldContainer[FinetuneRow]
     key: str
     markdown_key: str
-    def __init__(self, run_id: _Optional[str] = ..., class_a: _Optional[int] = ..., class_b: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[FinetuneRow, _Mapping]]] = ..., key: _Optional[str] = ..., markdown_key: _Optional[str] = ...) -> None: ...
+    tests: _containers.RepeatedCompositeFieldContainer[WelchTest]
+    removed_fraction_per_class: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, run_id: _Optional[str] = ..., class_a: _Optional[int] = ..., class_b: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[FinetuneRow, _Mapping]]] = ..., key: _Optional[str] = ..., markdown_key: _Optional[str] = ..., tests: _Optional[_Iterable[_Union[WelchTest, _Mapping]]] = ..., removed_fraction_per_class: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetEvaluationRequest(_message.Message):
     __slots__ = ("run_id", "step")

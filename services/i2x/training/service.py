@@ -182,24 +182,37 @@ def _train_summary(index: dict) -> dict:
             "accuracy": index.get("accuracy")}
 
 
-def _mean_std(value) -> training_pb2.MeanStd:
+def _mean_std(value, interval=None) -> training_pb2.MeanStd:
     if isinstance(value, dict):
-        return training_pb2.MeanStd(mean=float(value.get("mean", 0.0)), std=float(value.get("std", 0.0)))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return training_pb2.MeanStd(mean=float(value[0]), std=float(value[1]))
-    return training_pb2.MeanStd(mean=float(value or 0.0))
+        out = training_pb2.MeanStd(mean=float(value.get("mean", 0.0)), std=float(value.get("std", 0.0)))
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        out = training_pb2.MeanStd(mean=float(value[0]), std=float(value[1]))
+    else:
+        out = training_pb2.MeanStd(mean=float(value or 0.0))
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+        out.ci95_low, out.ci95_high = float(interval[0]), float(interval[1])
+    return out
 
 
 def finetune_table_to_proto(run_id: str, table: dict, key: str) -> training_pb2.FinetuneTable:
-    pair = table.get("pair") or [0, 0]
+    pair = table.get("pair") or (0, 0)
     message = training_pb2.FinetuneTable(run_id=run_id, class_a=int(pair[0]), class_b=int(pair[1]), key=key,
                                          markdown_key=key[: -len("table.json")] + "table.md")
     rows = table.get("rows", [])
     if isinstance(rows, dict):
         rows = [{"protocol": name, **row} for name, row in rows.items()]
     for row in rows:
+        ci = row.get("ci95") or {}
         message.rows.append(training_pb2.FinetuneRow(
-            protocol=str(row.get("protocol", "")), accuracy=_mean_std(row.get("accuracy")),
-            a_to_b=_mean_std(row.get("a_to_b")), b_to_a=_mean_std(row.get("b_to_a")),
-            sum=_mean_std(row.get("sum")), repeats=int(row.get("repeats", table.get("repeats", 0)) or 0)))
+            protocol=str(row.get("protocol", "")), accuracy=_mean_std(row.get("accuracy"), ci.get("accuracy")),
+            a_to_b=_mean_std(row.get("a_to_b"), ci.get("a_to_b")), b_to_a=_mean_std(row.get("b_to_a"), ci.get("b_to_a")),
+            sum=_mean_std(row.get("sum"), ci.get("sum")),
+            repeats=int(row.get("repeats", table.get("repeats", 0)) or 0)))
+    for test in table.get("tests") or []:
+        numbers = {k: float(test[k]) for k in ("t", "p", "df") if test.get(k) is not None}
+        message.tests.append(training_pb2.WelchTest(metric=str(test.get("metric", "")),
+                                                    compared=[str(c) for c in test.get("compared") or []],
+                                                    significant=bool(test.get("significant")),
+                                                    text=str(test.get("text", "")), **numbers))
+    message.removed_fraction_per_class.extend(float(v) for v in table.get("removed_fraction_per_class") or [])
     return message
