@@ -124,8 +124,11 @@ def finetune(run_id: str, services: str, store: str, params_json: str, explanati
         protocol = row["protocol"].replace("->", "_to_")
         table.log_metric(f"{protocol}_accuracy", row["accuracy"])
         table.log_metric(f"{protocol}_confusions", row["sum"])
+    for test in out.get("tests", []):  # a p-value beside the means, so no one reads noise as a result
+        if test["p"] is not None:
+            table.log_metric(f"welch_{test['metric']}_p", test["p"])
     table.metadata.update({"store_uri": out["store_uri"], "explanation": explanation_uri,
-                           "skipped": out["skipped"]})
+                           "skipped": out["skipped"], "tests": [t["text"] for t in out.get("tests", [])]})
     return (out["run_id"], out["store_uri"])
 
 

@@ -75,7 +75,9 @@ def run_step(step: str, run_id: str, services: str, store: str, params: dict | N
             client.finetune(run_id, **params).result(timeout)
             table = client.finetune_table(run_id)
             rows = [{"protocol": r.protocol, "accuracy": r.accuracy[0], "sum": r.sum[0]} for r in table.rows]
-            return {"run_id": run_id, "skipped": False, "rows": rows,
+            tests = [{"metric": w.metric, "t": w.t, "p": w.p, "significant": w.significant, "text": w.text}
+                     for w in table.tests]  # Welch's t, curated->full vs full->full
+            return {"run_id": run_id, "skipped": False, "rows": rows, "tests": tests,
                     "store_uri": store_uri(store, key("finetune", "table.json"))}
         if step == "report":
             result = client.report(run_id).result(timeout)
