@@ -105,7 +105,7 @@ def test_fanout_whose_tasks_cannot_start_fails_naming_the_resources(setting, ray
 def finetune_stack(tmp_path_factory, ray_local):
     """The training service alone on loopback (no interpretation actor holds a CPU of the 2-CPU
     cluster) and a run with a final checkpoint and a curated set, ready to fine-tune."""
-    from i2x.servicers import ServicesInThread
+    from i2x.serving import ServicesInThread
     from i2x.storage import LocalStore
 
     root = tmp_path_factory.mktemp("ftcancel")
