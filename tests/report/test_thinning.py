@@ -176,3 +176,14 @@ def test_key_numbers_stay_apart_and_the_last_is_always_numbered():
     assert all(b - a >= 100 / F.MAX_KEY_NUMBERS for a, b in zip(xs, xs[1:]))
     assert chosen == [0, 4, 7]  # 1-3 too close to 0, 51 to 50, 99 replaced by the last
     assert F.numbered_keys([10, 20, 30], 100.0) == [0, 1, 2]
+
+
+def test_docs_quote_the_captions_as_the_code_writes_them():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "REPORT.md").read_text()
+    assert thinning.bins(999, unit="steps").sentence in doc  # 999 steps of a 1,000-checkpoint run
+    assert thinning.Thinning(1000, np.arange(187), 10).sentence in doc
+    assert f"names at most {thinning.key_limit()} of its key checkpoints" in doc
+    assert ("as its limit, `i2x.report.thinning.MAX_FIGURE_COLUMNS` (= `i2x.core.checkpoint_count.MANY_CHECKPOINTS`)"
+            in doc)

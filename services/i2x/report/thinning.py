@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from i2x.core.limits import MANY_CHECKPOINTS
+from i2x.core.checkpoint_count import MANY_CHECKPOINTS
 
 MAX_FIGURE_COLUMNS = MANY_CHECKPOINTS
 
