@@ -29,6 +29,7 @@ def store(tmp_path_factory):
     store = LocalStore(tmp_path_factory.mktemp("thinning"))
     write_synthetic_run(store, "many", steps=STEPS)
     write_synthetic_run(store, "few")  # 6 checkpoints
+    write_synthetic_run(store, "crowded", steps=tuple(range(0, 40 * 60, 40)))  # 60: ~40 key checkpoints each
     return store
 
 
@@ -110,6 +111,10 @@ def test_class_figure_past_the_limit_draws_at_most_the_limit_and_keeps_what_the_
         stride = int(re.search(r"every (\d+)", rendered.caption).group(1))
         assert set(range(0, len(steps) * 40, 40 * stride)) <= set(shown.tolist())
         assert B.keys_note(run, info) and B.keys_note(run, info) in rendered.caption
+        numbers = [int(t.get_text()) for t in twin.texts]
+        assert numbers[0] == 1 and numbers[-1] == len(keys)
+        missing = len(keys) - len(numbers)
+        assert (f" {missing} of the {len(keys)} carry no number" in rendered.caption) == (missing > 0)
 
 
 def test_pair_figure_past_the_limit_bins_its_steps_and_keeps_the_spike(store, small_limit):
@@ -166,6 +171,19 @@ def test_runs_at_or_under_the_limit_are_drawn_as_before(store):
         np.testing.assert_array_equal(rendered.spec[1][0], D_steps)
         np.testing.assert_array_equal(rendered.spec[1][1], D)
         assert "Showing" not in rendered.caption
+
+
+def test_a_real_figure_caption_counts_the_key_checkpoints_left_unnumbered(store):
+    run = RunData(store, "crowded")  # limit 200: not thinned, but its key checkpoints are 1/59 of the axis apart
+    counted = 0
+    for c, info in sorted(run.explanation.classes.items()):
+        rendered = B.class_figures(run, info)[0]
+        numbers = [int(t.get_text()) for t in draw(rendered).axes[1].texts]
+        missing = len(info.key_checkpoints) - len(numbers)
+        assert (f" {missing} of the {len(info.key_checkpoints)} carry no number in the figure, too close to a "
+                "numbered one; the list numbers every one." in rendered.caption) == (missing > 0)
+        counted += missing
+    assert counted > 0  # the check above met both cases
 
 
 def test_key_numbers_stay_apart_and_the_last_is_always_numbered():

@@ -188,8 +188,8 @@ def class_figures(run: RunData, info: ClassExplanation) -> list[Rendered]:
     caption = (f"Fig. 3-4 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
                "samples (left axis) and its mean confidence (dashed, right axis); shaded and numbered: key "
                "checkpoints (listed below the figure)."
-               + (f" {unnumbered} of the {len(keys)} carry no number in the figure, too close to the one "
-                  "before; the list numbers every one." if unnumbered else "")
+               + (f" {unnumbered} of the {len(keys)} carry no number in the figure, too close to a numbered "
+                  "one; the list numbers every one." if unnumbered else "")
                + (f" The {more} least intense shared prototypes are left out." if more > 0 else ""))
     extra = " ".join(x for x in (thin.sentence, keys_note(run, info)) if x)
     return [Rendered(f"{slug}-evolution.png", b"", spec=spec, caption=caption + (" " + extra if extra else ""))]
