@@ -148,7 +148,7 @@ def listed_keys(run: RunData, info: ClassExplanation) -> list[KeyCheckpoint]:
     confidence changes, ties: earlier step) so that Fig. 3-4 can keep every one it names and the
     page stays bounded in size."""
     keys = info.key_checkpoints
-    if not keys or len(run.intensity[0]) <= thinning.MAX_FIGURE_COLUMNS or len(keys) <= thinning.key_limit():
+    if len(keys) <= thinning.key_limit() or len(run.intensity[0]) <= thinning.MAX_FIGURE_COLUMNS:
         return list(keys)
     chosen = sorted(keys, key=lambda k: (-abs(k.confidence_change), k.step))[:thinning.key_limit()]
     return sorted(chosen, key=lambda k: k.step)
