@@ -10,6 +10,7 @@ Rounds alternate old and new; the figure is the median per side and the ratio of
     make demo                                              # writes ./i2x-data/runs/demo-mnist5k
     nice -n 10 .venv/bin/python bench/bench_report.py --store ./i2x-data --run demo-mnist5k
     .venv/bin/python bench/bench_report.py --quick         # a small synthetic run, new side only
+    nice -n 10 .venv/bin/python bench/bench_report.py --checkpoints 1000 --baseline-ref REF   # many checkpoints
 
 Target: the demo's report in <= 5 s on the dev machine (2 shared CPU cores).
 """
@@ -76,13 +77,16 @@ def copy_run(store: Path, run_id: str, into: Path) -> Path:
     return into
 
 
-def synthetic_store(into: Path) -> tuple[Path, str]:
+def synthetic_store(into: Path, checkpoints: int | None = None) -> tuple[Path, str]:
+    """tests/report/synthetic.py's run (6 checkpoints), or one with `checkpoints` (steps 0, 40, ...)."""
     sys.path.insert(0, str(REPO))
     from i2x.storage import LocalStore
     from tests.report.synthetic import write_synthetic_run
 
-    write_synthetic_run(LocalStore(into), "bench-synthetic")
-    return into, "bench-synthetic"
+    run_id = f"bench-synthetic-{checkpoints}" if checkpoints else "bench-synthetic"
+    steps = {"steps": tuple(range(0, 40 * checkpoints, 40))} if checkpoints else {}
+    write_synthetic_run(LocalStore(into), run_id, **steps)
+    return into, run_id
 
 
 def main() -> None:
@@ -97,11 +101,19 @@ def main() -> None:
                              "time is the whole work (default: the library's choice)")
     parser.add_argument("--quick", action="store_true", help="a small synthetic run if the store has no such run; "
                                                              "today's implementation only")
+    parser.add_argument("--checkpoints", type=int, default=None,
+                        help="time a synthetic run with this many checkpoints instead of --store/--run "
+                             "(4 classes, 40 images; the figures thin past 200: docs/REPORT.md)")
     args = parser.parse_args()
+    if args.checkpoints is not None and args.checkpoints < 2:
+        parser.error("--checkpoints needs at least 2")
     with tempfile.TemporaryDirectory(prefix="i2x-bench-report-") as tmp:
         tmp = Path(tmp)
         store, run_id = Path(args.store).resolve(), args.run
-        if not (store / "runs" / run_id / "run.json").exists():
+        if args.checkpoints:
+            store, run_id = synthetic_store(tmp / "synthetic", args.checkpoints)
+            print(f"(a synthetic run with {args.checkpoints} checkpoints)")
+        elif not (store / "runs" / run_id / "run.json").exists():
             if not args.quick:
                 raise SystemExit(f"no run {run_id!r} in {store}: run `make demo` first (or pass --store/--run, "
                                  "or --quick for a synthetic run)")

@@ -27,6 +27,7 @@ from torch import nn
 
 from i2x.core.device import DEVICE_HELP, check_device, resolve_device
 from i2x.core.errors import Cancelled, InvalidArgument, check_fields
+from i2x.core.checkpoint_count import MANY_CHECKPOINTS
 
 if TYPE_CHECKING:  # i2x.data imports this module's neighbours; only the annotation needs it
     from i2x.data import ArrayDataset
@@ -126,9 +127,6 @@ def iterations_per_epoch(n_samples: int, batch_size: int) -> int:
     return math.ceil(n_samples / batch_size)
 
 
-MANY_CHECKPOINTS = 200  # above this a run gets a MANY_CHECKPOINTS warning: slow to interpret, hard to read in figures
-
-
 def estimate_checkpoints(n_samples: int, config: TrainConfig) -> int:
     """How many checkpoints train() takes on n_samples: one every checkpoint_every iterations, one
     after the last iteration (when it is not already one), and step 0 with include_initial."""
@@ -159,7 +157,8 @@ def check_checkpoint_count(n_samples: int, config: TrainConfig, max_checkpoints:
         every = math.ceil(total / MANY_CHECKPOINTS)
         return [{"code": "MANY_CHECKPOINTS",
                  "message": f"{where} gives {count} checkpoints (more than {MANY_CHECKPOINTS}): every one is "
-                            "interpreted and drawn, so the run is slow and its figures crowded; "
+                            "interpreted, so the run is slow, and the report's figures show at most "
+                            f"{MANY_CHECKPOINTS} of them (docs/REPORT.md); "
                             f"train.checkpoint_every >= {every} keeps it under {MANY_CHECKPOINTS}"}]
     return []
 

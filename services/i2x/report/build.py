@@ -11,7 +11,8 @@ import numpy as np
 
 from i2x.report import figures as F
 from i2x.report import gallery as G
-from i2x.report.run_data import ClassExplanation, RunData
+from i2x.report import thinning
+from i2x.report.run_data import ClassExplanation, KeyCheckpoint, RunData
 
 if TYPE_CHECKING:
     from i2x.report.misclassified import PairMisclassified
@@ -141,6 +142,28 @@ def timeline_events(run: RunData, info: ClassExplanation) -> list[tuple[int, int
     return events
 
 
+def listed_keys(run: RunData, info: ClassExplanation) -> list[KeyCheckpoint]:
+    """The key checkpoints the page names for a class, in step order: all of them, except past
+    thinning.MAX_FIGURE_COLUMNS checkpoints, where at most thinning.key_limit() are (the largest
+    confidence changes, ties: earlier step) so that Fig. 3-4 can keep every one it names and the
+    page stays bounded in size."""
+    keys = info.key_checkpoints
+    if len(keys) <= thinning.key_limit() or len(run.intensity[0]) <= thinning.MAX_FIGURE_COLUMNS:
+        return list(keys)
+    chosen = sorted(keys, key=lambda k: (-abs(k.confidence_change), k.step))[:thinning.key_limit()]
+    return sorted(chosen, key=lambda k: k.step)
+
+
+def keys_note(run: RunData, info: ClassExplanation) -> str:
+    """What the page leaves out of a class's key checkpoints ('' when it lists all)."""
+    listed, total = len(listed_keys(run, info)), len(info.key_checkpoints)
+    if listed == total:
+        return ""
+    return (f"Of its {total:,} key checkpoints the page names the {listed:,} with the largest confidence changes "
+            f"(the run has {len(run.intensity[0]):,} checkpoints, more than {thinning.MAX_FIGURE_COLUMNS}; the "
+            "others are in explanation.json).")
+
+
 def class_figures(run: RunData, info: ClassExplanation) -> list[Rendered]:
     c, name, slug = info.index, run.name(info.index), class_slug(info.index)
     steps, confidence = mean_confidence(run, c)
@@ -149,17 +172,27 @@ def class_figures(run: RunData, info: ClassExplanation) -> list[Rendered]:
     members = class_members(run, c)
     mean_intensity = intensity[:, members][:, :, shown].mean(axis=1) if shown else np.zeros((len(steps), 0))
     following = dict(zip(intensity_steps[:-1].tolist(), intensity_steps[1:].tolist()))
+    keys = listed_keys(run, info)
+    # Past the limit: a selection, not bins. The lines are means over the class's samples (no lone
+    # spikes to lose), and the page names key checkpoints by step: both ends of each stay drawn.
+    position = {s: n for n, s in enumerate(intensity_steps.tolist())}
+    ends = [s for k in keys for s in (k.step, k.next_step if k.next_step is not None else following.get(k.step))]
+    thin = thinning.select(len(intensity_steps), [position[s] for s in ends if s in position])
     # Fig. 3 and Fig. 4 in one figure: the key checkpoints are shaded and numbered; what each
     # numbered checkpoint did is the HTML list beside it (linked prototypes), not text in the image.
-    spec = ("class_evolution", (intensity_steps, mean_intensity, shown, confidence),
-            dict(class_name=name, key_steps=[k.step for k in info.key_checkpoints], next_steps=following,
-                 numbered=True))
+    spec = ("class_evolution", (thin.steps(intensity_steps), thin.take(mean_intensity), shown, thin.take(confidence)),
+            dict(class_name=name, key_steps=[k.step for k in keys], next_steps=following, numbered=True))
     more = len(info.shared) - len(shown)
-    return [Rendered(f"{slug}-evolution.png", b"", spec=spec, caption=
-                     f"Fig. 3-4 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
-                     "samples (left axis) and its mean confidence (dashed, right axis); shaded and numbered: key "
-                     "checkpoints (listed below the figure)."
-                     + (f" The {more} least intense shared prototypes are left out." if more > 0 else ""))]
+    centres = [(k.step + following.get(k.step, k.step)) / 2 for k in keys]
+    unnumbered = len(keys) - len(F.numbered_keys(centres, float(intensity_steps[-1] - intensity_steps[0])))
+    caption = (f"Fig. 3-4 for '{name}': mean intensity of its shared prototypes over its {len(members)} "
+               "samples (left axis) and its mean confidence (dashed, right axis); shaded and numbered: key "
+               "checkpoints (listed below the figure)."
+               + (f" {unnumbered} of the {len(keys)} carry no number in the figure, too close to a numbered "
+                  "one; the list numbers every one." if unnumbered else "")
+               + (f" The {more} least intense shared prototypes are left out." if more > 0 else ""))
+    extra = " ".join(x for x in (thin.sentence, keys_note(run, info)) if x)
+    return [Rendered(f"{slug}-evolution.png", b"", spec=spec, caption=caption + (" " + extra if extra else ""))]
 
 
 def class_gallery(run: RunData, info: ClassExplanation) -> list[G.GalleryRow]:
@@ -178,6 +211,10 @@ def pair_figures(run: RunData) -> list[Rendered]:
         return []
     a, b = pair.a, pair.b
     steps, D = run.pair_contributions(a, b)
+    # Past the limit: bins, not a selection. An uncertain prototype is found by its flips and
+    # spikes, which a stride could step over; each bin keeps its value of largest magnitude.
+    thin = thinning.bins(len(steps), unit="steps")
+    steps, D = thin.steps(steps), thin.take(D)
     slug = f"pair-{a:02d}-{b:02d}"
     uncertain = pair.uncertain or ([pair.uncertain_prototype] if pair.uncertain_prototype is not None else [])
     # With no unsupported flip, the explanation names the most alternating (compensated) prototype.
@@ -188,7 +225,7 @@ def pair_figures(run: RunData) -> list[Rendered]:
     out = [Rendered(f"{slug}-contributions.png", b"", spec=spec, caption=
                     f"Fig. 5-7: each prototype's contribution to '{run.name(a)}' versus '{run.name(b)}' at each "
                     "step (above zero: towards the first class). Coloured solid lines: reliable prototypes; "
-                    "dashed: uncertain.")]
+                    "dashed: uncertain." + (" " + thin.sentence if thin.thinned else ""))]
     return out
 
 

@@ -20,7 +20,8 @@ from matplotlib.patches import Rectangle
 from i2x.core.errors import InvalidArgument
 
 DPI = 96
-MARKER_LIMIT = 40       # more checkpoints than this: lines without markers
+MARKER_LIMIT = 40       # more checkpoints than this: lines without markers (or with every k-th only)
+MAX_KEY_NUMBERS = 25    # most numbers over Fig. 3-4's key checkpoints: at least 1/25 of the axis apart, legible
 # Colour-blind friendly cycle (Okabe-Ito) for the few prototypes a figure highlights.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#882255", "#56B4E9", "#44AA99", "#000000"]
 UNCERTAIN_COLOR = "#D55E00"
@@ -40,6 +41,22 @@ def to_png(fig: Figure) -> bytes:
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=tight, facecolor="white",
                 pil_kwargs={"compress_level": 3})
     return buffer.getvalue()
+
+
+def numbered_keys(centres: Sequence[float], span: float) -> list[int]:
+    """Which of Fig. 3-4's key checkpoints (label positions `centres`, in step order) carry their
+    number: the first, then each one at least span / MAX_KEY_NUMBERS right of the last numbered,
+    and always the last (replacing the one before when the two are too close)."""
+    gap = span / MAX_KEY_NUMBERS
+    chosen: list[int] = []
+    for n, x in enumerate(centres):
+        if not chosen or x - centres[chosen[-1]] >= gap:
+            chosen.append(n)
+    if centres and chosen[-1] != len(centres) - 1:
+        if len(chosen) > 1 and centres[-1] - centres[chosen[-1]] < gap:
+            chosen.pop()
+        chosen.append(len(centres) - 1)
+    return chosen
 
 
 def _steps_array(steps, name: str) -> np.ndarray:
@@ -86,8 +103,10 @@ def class_evolution(steps, mean_intensity, prototypes: Sequence[int], mean_confi
     twin.set_ylabel(f"mean confidence of class '{class_name}'")
     twin.set_ylim(-0.02, 1.12 if numbered else 1.02)
     if numbered:
-        for n, t in enumerate(sorted(key_steps)):
-            twin.annotate(str(n + 1), ((t + following.get(int(t), t)) / 2, 1.1), ha="center", va="top",
+        ordered = sorted(key_steps)
+        centres = [(t + following.get(int(t), t)) / 2 for t in ordered]
+        for n in numbered_keys(centres, float(steps[-1] - steps[0])):
+            twin.annotate(str(n + 1), (centres[n], 1.1), ha="center", va="top",
                           fontsize=8, fontweight="bold", color="#7A5A00")
     handles, labels = ax.get_legend_handles_labels()
     twin_handles, twin_labels = twin.get_legend_handles_labels()
@@ -129,12 +148,14 @@ def pair_contributions(steps, contributions, *, name_a: str, name_b: str, reliab
     # Reliable lines take the palette without its orange (kept apart from the uncertain colour);
     # uncertain lines share one colour and differ by marker.
     reliable_colors = [c for c in PALETTE if c != "#E69F00"]
+    # The markers tell the uncertain lines apart: with many steps only every k-th point has one.
+    every = max(1, -(-len(steps) // MARKER_LIMIT))
     for n, m in enumerate(reliable):
         ax.plot(steps, contributions[:, m], color=reliable_colors[n % len(reliable_colors)], lw=2, marker="o", ms=3,
-                zorder=3, label=f"{proto(m)} (reliable)")
+                markevery=every, zorder=3, label=f"{proto(m)} (reliable)")
     for n, m in enumerate(uncertain):
         ax.plot(steps, contributions[:, m], color=UNCERTAIN_COLOR, lw=2.6, ls="--", marker="s^Dv"[n % 4], ms=5,
-                zorder=4, label=f"{proto(m)} ({uncertain_label})")
+                markevery=every, zorder=4, label=f"{proto(m)} ({uncertain_label})")
     ax.axhline(0, color="black", lw=0.8)
     limit = max(np.abs(contributions).max(), 1e-9) * 1.1
     ax.set_ylim(-limit, limit)

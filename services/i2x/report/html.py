@@ -8,7 +8,7 @@ from html import escape
 
 import numpy as np
 
-from i2x.report.build import Rendered, class_slug, mean_confidence
+from i2x.report.build import Rendered, class_slug, keys_note, listed_keys, mean_confidence
 from i2x.report.figures import format_mean_std
 from i2x.report.run_data import ClassExplanation, RunData
 
@@ -349,7 +349,7 @@ def class_answers(run: RunData, info: ClassExplanation) -> str:
         steps_seen = []
         checkpoint_steps = run.intensity[0].tolist()
         following = dict(zip(checkpoint_steps[:-1], checkpoint_steps[1:]))
-        for key in info.key_checkpoints:
+        for key in listed_keys(run, info):
             direction = "rose" if key.confidence_change > 0 else "fell"
             drivers = ", ".join(named(m) for m, _, _ in key.drivers[:3])
             next_step = key.next_step if key.next_step is not None else following.get(key.step)
@@ -357,6 +357,9 @@ def class_answers(run: RunData, info: ClassExplanation) -> str:
             steps_seen.append(f"step {span} (confidence {direction} by {100 * abs(key.confidence_change):.1f} "
                               f"points, driven by {drivers})")
         learned = "At " + "; ".join(steps_seen) + "."
+        note = keys_note(run, info)
+        if note:
+            learned += " " + escape(note)
         _, confidence = mean_confidence(run, c)
         learned += f" Its mean confidence went from {confidence[0]:.2f} to {confidence[-1]:.2f}."
     else:
@@ -426,7 +429,7 @@ def key_checkpoint_table(run: RunData, info: ClassExplanation) -> str:
     if not info.key_checkpoints:
         return ""
     rows = []
-    for key in info.key_checkpoints:
+    for key in listed_keys(run, info):
         for m, weight, opponents in key.drivers:
             against = ", ".join(q(run.name(o)) for o in opponents) or "&ndash;"
             rows.append(f"<tr><td class=num>{key.step}</td><td class=num>{100 * key.confidence_change:+.1f}</td>"
@@ -447,7 +450,7 @@ def key_checkpoint_list(run: RunData, info: ClassExplanation) -> str:
     steps = run.intensity[0].tolist()
     following = dict(zip(steps[:-1], steps[1:]))
     items = []
-    for key in info.key_checkpoints:
+    for key in listed_keys(run, info):
         next_step = key.next_step if key.next_step is not None else following.get(key.step)
         span = f"step {key.step}&rarr;{next_step}" if next_step is not None else f"step {key.step}"
         parts = []
