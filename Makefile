@@ -31,6 +31,7 @@ protos: install
 	$(PY) -m i2x.v1.generate
 
 bench: install
+	$(PY) -m pip install -q -e '.[server,test,bench]'
 	nice -n 10 $(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:

@@ -48,7 +48,7 @@ def test_ray_is_pinned_to_the_tested_version_everywhere():
                            if Requirement(r).name == "ray")
     # An exact pin: a range would let `pip install` pick a Ray the images do not run.
     assert str(ray_requirement.specifier) == f"=={installed}", f"pyproject's {ray_requirement} must pin ray=={installed}"
-    # Every extra that names Ray (the test extra's ray[serve,data] for bench/bench_pool_options.py) pins the same.
+    # Every extra that names Ray (the bench extra's ray[serve,data] for bench/bench_pool_options.py) pins the same.
     others = [r for extra in PYPROJECT["project"]["optional-dependencies"].values() for r in map(Requirement, extra)
               if r.name == "ray"]
     assert len(others) >= 2 and {str(r.specifier) for r in others} == {f"=={installed}"}, others
