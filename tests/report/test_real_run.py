@@ -117,6 +117,7 @@ def test_table_1_of_a_real_run_shows_its_intervals_and_tests(tiny_run, tmp_path)
     assert table["tests"], "the real run's table has Welch tests"
     for test in table["tests"]:
         assert f"<p>{escape(test['text'])}</p>" in finetune
+        assert finetune.count(escape(test["text"])) == 1  # under the table only, not again in the summary
     for row in table["rows"]:
         low, high = row["ci95"]["sum"]
         assert f"95% CI [{low:.2f}, {high:.2f}]" in finetune, row["protocol"]

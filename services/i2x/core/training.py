@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from i2x.core.checkpoint_count import MANY_CHECKPOINTS
 from i2x.core.device import DEVICE_HELP, check_device, resolve_device
 from i2x.core.errors import Cancelled, InvalidArgument, check_fields
-from i2x.core.checkpoint_count import MANY_CHECKPOINTS
 
 if TYPE_CHECKING:  # i2x.data imports this module's neighbours; only the annotation needs it
     from i2x.data import ArrayDataset

@@ -601,14 +601,8 @@ def welch(table: dict, metric: str = "sum") -> dict | None:
     return None
 
 
-def significant(test: dict) -> bool:
-    """Only a computed p below 5% is significant."""
-    if test.get("p") is None:
-        return False
-    return bool(test["significant"]) if test.get("significant") is not None else float(test["p"]) < 0.05
-
-
-def finetune_summary(run: RunData) -> str:
+def finetune_summary(run: RunData, *, with_test: bool = True) -> str:
+    """with_test=False: without the Welch sentence (the fine-tuning section prints the tests under its table)."""
     table = run.finetune_table or {}
     rows = {r.get("protocol"): r for r in table.get("rows", [])}
     baseline, curated = rows.get("full->full"), rows.get("curated->full")
@@ -620,10 +614,11 @@ def finetune_summary(run: RunData) -> str:
                 f"{format_mean_std(curated.get('accuracy'), percent=True)}% vs "
                 f"{format_mean_std(baseline.get('accuracy'), percent=True)}%.")
         test = welch(table)
-        if test is not None:  # the sentence the CLI prints (i2x.core.finetune)
-            text += " " + escape(test.get("text") or "")
-            if not significant(test):
-                text += " The difference may be noise."
+        if test is not None:
+            if with_test:  # the sentence the CLI prints (i2x.core.finetune); significant is None when p is
+                text += " " + escape(test.get("text") or "")
+                if not test.get("significant"):
+                    text += " The difference may be noise."
         else:
             text += " No significance test was recorded: treat the difference as unproven."
         return text
@@ -667,7 +662,8 @@ def finetune_section(run: RunData) -> str:
     note = f" over {repeats} seeds" if repeats else ""
     return (f'<section id="finetune"><h2>Fine-tuning (Table 1)</h2><p>From the final model, mean &plusmn; std{note}. '
             "full: the whole explanation set; curated: without the samples that contain the uncertain prototype; "
-            f"x&rarr;y: one epoch on x then one on y.</p><p>{finetune_summary(run)}</p>{finetune_html_table(run)}"
+            f"x&rarr;y: one epoch on x then one on y.</p><p>{finetune_summary(run, with_test=False)}</p>"
+            + finetune_html_table(run)
             + "".join(f"<p>{escape(t['text'])}</p>" for t in table.get("tests") or [] if t.get("text"))
             + removed_paragraph(run, table) + "</section>")
 
